@@ -1,0 +1,208 @@
+//! Commands that talk to the bcache driver through sysfs.
+
+use std::os::unix::fs::{FileTypeExt, MetadataExt};
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context};
+use uuid::Uuid;
+
+use bcache::device::{Access, Device};
+use bcache::superblock::{BdevState, Role};
+use bcache::sysfs::{Registered, Sysfs};
+
+use super::Outcome;
+
+/// Register bcache devices with the kernel.
+///
+/// Each device's superblock is checked first with the kernel's own rules,
+/// so a device the kernel would refuse is reported with the reason, and
+/// nothing is sent to the kernel for it. A backing device attaches to its
+/// cache set when the set is registered; a device whose cache may hold
+/// dirty data waits for its set before it runs.
+#[derive(clap::Args, Debug)]
+pub struct RegisterArgs {
+    /// Devices to register.
+    #[arg(value_name = "DEVICE", required = true)]
+    devices: Vec<PathBuf>,
+}
+
+/// Unregister a cache set (with all its caches) or stop a backing device.
+#[derive(clap::Args, Debug)]
+pub struct UnregisterArgs {
+    /// A cache set uuid, a cache device or a backing device.
+    #[arg(value_name = "CSET-UUID|DEVICE")]
+    target: String,
+}
+
+/// Attach a backing device to a registered cache set.
+#[derive(clap::Args, Debug)]
+pub struct AttachArgs {
+    /// The cache set: its uuid, or one of its cache devices.
+    #[arg(value_name = "CSET-UUID|CACHEDEV")]
+    set: String,
+    /// The registered backing device.
+    #[arg(value_name = "BDEV")]
+    bdev: PathBuf,
+}
+
+/// A registered device.
+#[derive(clap::Args, Debug)]
+pub struct DevArgs {
+    /// A backing device, or (for stop) a cache device whose set to stop.
+    #[arg(value_name = "DEVICE")]
+    device: PathBuf,
+}
+
+/// Start a backing device without its cache set (/dev/bcacheN appears).
+///
+/// A backing device in state clean or dirty waits for its cache set. If
+/// the set is gone for good, `run` starts it anyway. For a dirty device
+/// that loses the writes still in the cache, so it needs --force.
+#[derive(clap::Args, Debug)]
+pub struct RunArgs {
+    /// Run a dirty device without its cache: the dirty data in the cache is
+    /// lost and the device is marked stale.
+    #[arg(long)]
+    force: bool,
+    /// The registered backing device.
+    #[arg(value_name = "BDEV")]
+    bdev: PathBuf,
+}
+
+fn block_rdev(path: &Path) -> anyhow::Result<u64> {
+    let meta = std::fs::metadata(path).with_context(|| path.display().to_string())?;
+    if !meta.file_type().is_block_device() {
+        bail!("{}: not a block device", path.display());
+    }
+    Ok(meta.rdev())
+}
+
+/// The path the kernel is given: absolute, so it does not depend on our
+/// working directory.
+fn absolute(path: &Path) -> PathBuf {
+    std::path::absolute(path).unwrap_or_else(|_| path.to_owned())
+}
+
+pub fn register(args: &RegisterArgs) -> anyhow::Result<Outcome> {
+    let sysfs = Sysfs::default();
+    sysfs.bcache_dir()?;
+    let mut failed = false;
+    for dev in &args.devices {
+        if let Err(e) = register_one(&sysfs, dev) {
+            eprintln!("bcache register: {e:#}");
+            failed = true;
+        }
+    }
+    Ok(if failed { Outcome::Exit(1) } else { Outcome::Ok })
+}
+
+fn register_one(sysfs: &Sysfs, dev: &Path) -> anyhow::Result<()> {
+    let device = Device::open(dev, Access::Read)?;
+    let sb = device.read_superblock()?;
+    if let Err(why) = sb.validate(&device.geometry()) {
+        bail!("{}: not a valid bcache device: {why}", dev.display());
+    }
+    drop(device);
+    sysfs.register(&absolute(dev).display().to_string())?;
+    Ok(())
+}
+
+/// A cache set uuid from the command line: a uuid, or a cache device.
+fn set_uuid(arg: &str) -> anyhow::Result<Uuid> {
+    if let Ok(u) = arg.parse::<Uuid>() {
+        return Ok(u);
+    }
+    let sb = Device::open(Path::new(arg), Access::Read)?.read_superblock()?;
+    if !sb.magic_ok() || sb.role() != Some(Role::Cache) {
+        bail!("{arg}: neither a cache set uuid nor a bcache cache device");
+    }
+    Ok(sb.set_uuid)
+}
+
+fn registered(sysfs: &Sysfs, path: &Path) -> anyhow::Result<Registered> {
+    let rdev = block_rdev(path)?;
+    sysfs.registered(rdev).with_context(|| format!("{}: not registered with bcache", path.display()))
+}
+
+fn backing_dir(sysfs: &Sysfs, path: &Path) -> anyhow::Result<PathBuf> {
+    Ok(sysfs.backing_dir(&path.display().to_string(), block_rdev(path)?)?)
+}
+
+pub fn unregister(args: &UnregisterArgs) -> anyhow::Result<Outcome> {
+    let sysfs = Sysfs::default();
+    if let Ok(set) = args.target.parse::<Uuid>() {
+        let dir = sysfs.set_dir(&set)?;
+        sysfs.write(&args.target, &dir.join("unregister"), "1")?;
+        return Ok(Outcome::Ok);
+    }
+    stop_or_unregister(&sysfs, Path::new(&args.target), "unregister")
+}
+
+pub fn stop(args: &DevArgs) -> anyhow::Result<Outcome> {
+    stop_or_unregister(&Sysfs::default(), &args.device, "stop")
+}
+
+/// Backing devices are stopped; a cache device's set gets `set_action`
+/// (`stop` or `unregister`).
+fn stop_or_unregister(sysfs: &Sysfs, path: &Path, set_action: &str) -> anyhow::Result<Outcome> {
+    let name = path.display().to_string();
+    match registered(sysfs, path)? {
+        Registered::Backing(dir) => sysfs.write(&name, &dir.join("stop"), "1")?,
+        Registered::Cache { set: Some(set), .. } => {
+            sysfs.write(&name, &sysfs.set_dir(&set)?.join(set_action), "1")?
+        }
+        Registered::Cache { set: None, .. } => bail!("{name}: cache device without a cache set"),
+    }
+    Ok(Outcome::Ok)
+}
+
+pub fn attach(args: &AttachArgs) -> anyhow::Result<Outcome> {
+    let sysfs = Sysfs::default();
+    let set = set_uuid(&args.set)?;
+    sysfs.set_dir(&set)?;
+    let dir = backing_dir(&sysfs, &args.bdev)?;
+    let name = args.bdev.display().to_string();
+    if dir.join("cache").exists() {
+        bail!("{name}: already attached to a cache set; detach it first");
+    }
+    sysfs.write(&name, &dir.join("attach"), &set.hyphenated().to_string()).map_err(|e| {
+        anyhow::anyhow!("{e} (the kernel log, dmesg, says why: e.g. block size below the set's, or dirty data of another set)")
+    })?;
+    Ok(Outcome::Ok)
+}
+
+pub fn detach(args: &DevArgs) -> anyhow::Result<Outcome> {
+    let sysfs = Sysfs::default();
+    let dir = backing_dir(&sysfs, &args.device)?;
+    let name = args.device.display().to_string();
+    if !dir.join("cache").exists() {
+        bail!("{name}: not attached to a cache set");
+    }
+    // The kernel writes back dirty data before it lets go; the attribute
+    // returns at once.
+    sysfs.write(&name, &dir.join("detach"), "1")?;
+    Ok(Outcome::Ok)
+}
+
+pub fn run(args: &RunArgs) -> anyhow::Result<Outcome> {
+    let sysfs = Sysfs::default();
+    let dir = backing_dir(&sysfs, &args.bdev)?;
+    let name = args.bdev.display().to_string();
+    let attached = dir.join("cache").exists();
+    let state = sysfs.read(&dir.join("state"))?;
+    if state == "dirty" && !attached {
+        if !args.force {
+            bail!(
+                "{name}: its cache set holds dirty data for it and is not attached; running it now \
+                 would lose those writes. Register the cache device, or pass --force to accept the loss"
+            );
+        }
+        eprintln!(
+            "bcache run: warning: {name}: running without its cache set; the dirty data in the cache \
+             is lost and the device is marked {}",
+            BdevState::Stale.name()
+        );
+    }
+    sysfs.write(&name, &dir.join("running"), "1")?;
+    Ok(Outcome::Ok)
+}

@@ -1,0 +1,149 @@
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::{ArgAction, ArgMatches};
+use uuid::Uuid;
+
+use bcache::make::{self, MakeOptions, Target};
+use bcache::superblock::{Label, Replacement, Role, Superblock};
+use bcache::sysfs::Sysfs;
+use bcache::units;
+
+use super::Outcome;
+
+/// Format cache and backing devices.
+///
+/// -C and -B set the role of the devices that follow them, so one call can
+/// format a cache and its backing devices together: they share one cache
+/// set uuid and attach to each other as soon as the kernel registers them.
+/// Every device is checked (not in use, no other signature, sizes the
+/// kernel accepts) before anything is written; a refused call changes
+/// nothing.
+#[derive(clap::Args, Debug)]
+#[command(after_help = "Examples:\n  \
+    bcache make -C /dev/nvme0n1 -B /dev/sda /dev/sdb   # a cache and two backing devices, attached\n  \
+    bcache make -B --writeback /dev/sdc --cset-uuid UUID   # join an existing cache set\n  \
+    bcache make -C /dev/sdd --bucket 2M --discard")]
+pub struct MakeArgs {
+    /// Format the devices that follow as cache devices.
+    #[arg(short = 'C', long = "cache", action = ArgAction::Count)]
+    cache: u8,
+    /// Format the devices that follow as backing devices.
+    #[arg(short = 'B', long = "bdev", action = ArgAction::Count)]
+    bdev: u8,
+    /// Devices to format, each in the role of the last -C or -B before it.
+    #[arg(value_name = "DEVICE")]
+    devices: Vec<PathBuf>,
+    /// Bucket size: a power of two, in bytes or with a k/M/G/T suffix
+    /// [default: 512k]. Larger than 32M needs kernel 5.15 or later.
+    #[arg(short = 'b', long = "bucket", value_name = "SIZE", value_parser = units::parse_sectors)]
+    bucket: Option<u64>,
+    /// Block size: a power of two from the device's logical block size up
+    /// to 4k [default: the largest logical block size of the devices].
+    #[arg(short = 'w', long = "block", value_name = "SIZE", value_parser = units::parse_sectors)]
+    block: Option<u64>,
+    /// Where the data starts on backing devices, in 512-byte sectors
+    /// [default: 16; on a zoned device, the zone size].
+    #[arg(short = 'o', long = "data-offset", alias = "data_offset", value_name = "SECTORS")]
+    data_offset: Option<u64>,
+    /// Cache set uuid, to add devices to an existing set [default: random].
+    #[arg(long = "cset-uuid", alias = "cset_uuid", value_name = "UUID")]
+    cset_uuid: Option<Uuid>,
+    /// The device's own uuid (one device only) [default: random].
+    #[arg(short = 'u', long = "uuid", value_name = "UUID")]
+    uuid: Option<Uuid>,
+    /// Backing devices start in writeback mode (default: writethrough).
+    #[arg(long)]
+    writeback: bool,
+    /// Cache devices discard buckets before reuse.
+    #[arg(long)]
+    discard: bool,
+    /// Cache replacement policy.
+    #[arg(
+        long = "cache-replacement-policy",
+        alias = "cache_replacement_policy",
+        value_name = "POLICY",
+        value_parser = ["lru", "fifo", "random"],
+        default_value = "lru"
+    )]
+    cache_replacement_policy: String,
+    /// Overwrite an existing bcache superblock.
+    #[arg(long = "wipe-bcache", alias = "wipe_bcache")]
+    wipe_bcache: bool,
+    /// Stop a backing device or unregister a cache set that holds a device
+    /// before formatting it.
+    #[arg(long)]
+    force: bool,
+    /// Label (at most 31 bytes), shown in /dev/bcache/by-label.
+    #[arg(short = 'l', long, value_name = "LABEL", default_value = "")]
+    label: String,
+}
+
+/// The role of each device from the order of -C, -B and the devices on
+/// the command line.
+fn targets(args: &MakeArgs, m: &ArgMatches) -> anyhow::Result<Vec<Target>> {
+    let idx = |id: &str| m.indices_of(id).map(|i| i.collect::<Vec<_>>()).unwrap_or_default();
+    let (cache, bdev, devs) = (idx("cache"), idx("bdev"), idx("devices"));
+    args.devices
+        .iter()
+        .zip(devs)
+        .map(|(path, at)| {
+            let last = |v: &[usize]| v.iter().copied().filter(|&i| i < at).max();
+            let role = match (last(&cache), last(&bdev)) {
+                (Some(c), Some(b)) => if c > b { Role::Cache } else { Role::Backing },
+                (Some(_), None) => Role::Cache,
+                (None, Some(_)) => Role::Backing,
+                (None, None) => anyhow::bail!(
+                    "{}: say whether it is a cache (-C) or backing (-B) device",
+                    path.display()
+                ),
+            };
+            Ok(Target { path: path.clone(), role })
+        })
+        .collect()
+}
+
+pub fn run(args: &MakeArgs, m: &ArgMatches) -> anyhow::Result<Outcome> {
+    let targets = targets(args, m)?;
+    let opts = MakeOptions {
+        bucket_sectors: args.bucket,
+        block_sectors: args.block,
+        data_offset: args.data_offset,
+        set_uuid: args.cset_uuid,
+        uuid: args.uuid,
+        writeback: args.writeback,
+        discard: args.discard,
+        replacement: args
+            .cache_replacement_policy
+            .parse::<Replacement>()
+            .map_err(anyhow::Error::msg)?,
+        label: Label::new(&args.label).context("--label")?,
+        wipe_bcache: args.wipe_bcache,
+        force: args.force,
+    };
+    let plan = make::plan(&targets, &opts, &Sysfs::default())?;
+    plan.write()?;
+    for (dev, sb) in &plan.items {
+        print_summary(&dev.path().display().to_string(), sb);
+    }
+    Ok(Outcome::Ok)
+}
+
+/// What was written, in make-bcache's format.
+fn print_summary(path: &str, sb: &Superblock) {
+    println!("{path}:");
+    println!("UUID:\t\t\t{}", sb.uuid.hyphenated());
+    println!("Set UUID:\t\t{}", sb.set_uuid.hyphenated());
+    println!("version:\t\t{}", sb.version);
+    if sb.role() == Some(Role::Cache) {
+        println!("nbuckets:\t\t{}", sb.nbuckets());
+        println!("block_size:\t\t{}", sb.block_size);
+        println!("bucket_size:\t\t{}", sb.bucket_sectors());
+        println!("nr_in_set:\t\t{}", sb.nr_in_set);
+        println!("nr_this_dev:\t\t{}", sb.nr_this_dev);
+        println!("first_bucket:\t\t{}", sb.first_bucket);
+    } else {
+        println!("block_size:\t\t{}", sb.block_size);
+        println!("data_offset:\t\t{}", sb.data_offset());
+    }
+}

@@ -1,0 +1,144 @@
+//! The command line: one definition of every command (also the source of
+//! the man pages), dispatched on the name the binary was invoked as.
+
+mod kernel;
+mod make;
+mod man;
+mod probe;
+mod show;
+
+use std::ffi::OsString;
+use std::path::Path;
+use std::process::ExitCode;
+
+use clap::{ArgMatches, CommandFactory, FromArgMatches, Parser, Subcommand};
+
+/// The names the binary answers to: `bcache` and the bcache-tools names.
+#[derive(Parser, Debug)]
+#[command(multicall = true)]
+pub enum Applet {
+    #[command(name = "bcache")]
+    Bcache(Bcache),
+    /// Format devices for bcache (bcache-tools' name for `bcache make`).
+    #[command(name = "make-bcache", version)]
+    MakeBcache(make::MakeArgs),
+    /// Show a bcache superblock (bcache-tools' name for `bcache super-show`).
+    #[command(name = "bcache-super-show", version)]
+    BcacheSuperShow(show::ShowArgs),
+    /// Print udev properties of a bcache device (bcache-tools' name for
+    /// `bcache probe`).
+    #[command(name = "probe-bcache", version)]
+    ProbeBcache(probe::ProbeArgs),
+    /// Register devices with the kernel (bcache-tools' name for
+    /// `bcache register`).
+    #[command(name = "bcache-register", version)]
+    BcacheRegister(kernel::RegisterArgs),
+}
+
+/// Manage bcache devices: format, inspect, register, attach and stop them.
+#[derive(clap::Args, Debug)]
+#[command(
+    version,
+    about,
+    after_help = "Each command has its own --help. As make-bcache, bcache-super-show, probe-bcache \
+                  or bcache-register (a link to this binary) it behaves like that bcache-tools command."
+)]
+pub struct Bcache {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    Make(make::MakeArgs),
+    SuperShow(show::ShowArgs),
+    Probe(probe::ProbeArgs),
+    Register(kernel::RegisterArgs),
+    Unregister(kernel::UnregisterArgs),
+    Attach(kernel::AttachArgs),
+    Detach(kernel::DevArgs),
+    Stop(kernel::DevArgs),
+    Run(kernel::RunArgs),
+    #[command(hide = true)]
+    Generate(man::GenerateArgs),
+}
+
+/// The applet names, for invocation through links and for man pages.
+pub const LEGACY_NAMES: [&str; 4] =
+    ["make-bcache", "bcache-super-show", "probe-bcache", "bcache-register"];
+
+/// How a command ended, beyond success.
+pub enum Outcome {
+    Ok,
+    /// Exit with this status; the message has been printed.
+    Exit(u8),
+}
+
+pub fn main() -> ExitCode {
+    let mut args: Vec<OsString> = std::env::args_os().collect();
+    // A binary run under a name that is none of ours (a copy, a test
+    // harness) behaves as `bcache`.
+    let name = args
+        .first()
+        .and_then(|a| Path::new(a).file_name())
+        .and_then(|n| n.to_str())
+        .unwrap_or("bcache")
+        .to_owned();
+    if name != "bcache" && !LEGACY_NAMES.contains(&name.as_str()) {
+        args[0] = "bcache".into();
+    }
+    let matches = Applet::command().get_matches_from(&args);
+    let applet = Applet::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
+    let prog = display_name(&matches);
+    match run(applet, &matches) {
+        Ok(Outcome::Ok) => ExitCode::SUCCESS,
+        Ok(Outcome::Exit(code)) => ExitCode::from(code),
+        Err(e) => {
+            eprintln!("{prog}: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// "make-bcache" or "bcache make": how error messages name the program.
+fn display_name(m: &ArgMatches) -> String {
+    match m.subcommand() {
+        Some(("bcache", sub)) => match sub.subcommand_name() {
+            Some(cmd) => format!("bcache {cmd}"),
+            None => "bcache".into(),
+        },
+        Some((name, _)) => name.to_owned(),
+        None => "bcache".into(),
+    }
+}
+
+/// The matches of the innermost command, for arguments whose order
+/// matters (make's -C/-B).
+fn leaf(m: &ArgMatches) -> &ArgMatches {
+    match m.subcommand() {
+        Some((_, sub)) => leaf(sub),
+        None => m,
+    }
+}
+
+fn run(applet: Applet, matches: &ArgMatches) -> anyhow::Result<Outcome> {
+    let leaf = leaf(matches);
+    match applet {
+        Applet::MakeBcache(a) => make::run(&a, leaf),
+        Applet::BcacheSuperShow(a) => show::run(&a),
+        Applet::ProbeBcache(a) => probe::run(&a),
+        Applet::BcacheRegister(a) => kernel::register(&a),
+        Applet::Bcache(Bcache { command }) => match command {
+            Command::Make(a) => make::run(&a, leaf),
+            Command::SuperShow(a) => show::run(&a),
+            Command::Probe(a) => probe::run(&a),
+            Command::Register(a) => kernel::register(&a),
+            Command::Unregister(a) => kernel::unregister(&a),
+            Command::Attach(a) => kernel::attach(&a),
+            Command::Detach(a) => kernel::detach(&a),
+            Command::Stop(a) => kernel::stop(&a),
+            Command::Run(a) => kernel::run(&a),
+            Command::Generate(a) => man::generate(&a),
+        },
+    }
+}

@@ -1,0 +1,45 @@
+use std::io::Write;
+use std::path::PathBuf;
+
+use bcache::device::{Access, Device};
+use bcache::show;
+
+use super::Outcome;
+
+/// Print the bcache superblock of a device.
+///
+/// The text output is the same, byte for byte, as bcache-tools'
+/// bcache-super-show, which other programs parse. It exits 2 when the
+/// superblock has a bad magic, a bad sector or (without -f) a bad checksum.
+#[derive(clap::Args, Debug)]
+pub struct ShowArgs {
+    /// Show the superblock even when its checksum is wrong.
+    #[arg(short = 'f', long = "force")]
+    force: bool,
+    /// Print every field as JSON (whatever the superblock's state).
+    #[arg(long)]
+    json: bool,
+    /// The device or image to read.
+    #[arg(value_name = "DEVICE")]
+    device: PathBuf,
+}
+
+pub fn run(args: &ShowArgs) -> anyhow::Result<Outcome> {
+    let sb = Device::open(&args.device, Access::Read)?.read_superblock()?;
+    let mut stdout = std::io::stdout().lock();
+    if args.json {
+        serde_json::to_writer_pretty(&mut stdout, &show::Report::new(&sb))?;
+        writeln!(stdout)?;
+        return Ok(Outcome::Ok);
+    }
+    let (text, err) = show::text(&sb, args.force);
+    stdout.write_all(text.as_bytes())?;
+    stdout.flush()?;
+    match err {
+        None => Ok(Outcome::Ok),
+        Some(e) => {
+            eprintln!("{e}");
+            Ok(Outcome::Exit(2))
+        }
+    }
+}

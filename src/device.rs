@@ -1,0 +1,208 @@
+//! Access to the devices that hold (or will hold) a superblock: block
+//! devices and, for images, regular files.
+
+use std::fs::{File, OpenOptions};
+use std::io;
+use std::os::unix::fs::{FileExt, FileTypeExt, MetadataExt, OpenOptionsExt};
+use std::os::unix::io::AsRawFd;
+use std::path::{Path, PathBuf};
+
+use crate::superblock::{DeviceGeometry, ShortRead, Superblock, SB_BLOCK_LEN, SB_START};
+
+nix::ioctl_read!(blkgetsize64, 0x12, 114, u64);
+nix::ioctl_read_bad!(blksszget, nix::request_code_none!(0x12, 104), libc_int);
+
+#[allow(non_camel_case_types)]
+type libc_int = std::ffi::c_int;
+
+/// Failures of device access, each naming the device.
+#[derive(Debug, thiserror::Error)]
+pub enum DeviceError {
+    #[error("{path}: {source}")]
+    Open { path: PathBuf, source: io::Error },
+    #[error("{path}: device is in use (mounted, held by device-mapper, md or bcache, or opened exclusively)")]
+    Busy { path: PathBuf },
+    #[error("{path}: not a block device or regular file")]
+    NotADevice { path: PathBuf },
+    #[error("{path}: {what}: {source}")]
+    Io { path: PathBuf, what: &'static str, source: io::Error },
+    #[error("{path}: {source}")]
+    Short { path: PathBuf, source: ShortRead },
+    #[error("{path}: cannot probe for signatures: {msg}")]
+    Probe { path: PathBuf, msg: String },
+}
+
+/// How a device is to be opened.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Access {
+    Read,
+    /// Read and write, holding the block device exclusively (`O_EXCL`) so
+    /// that nothing mounts or claims it while we write, and failing when
+    /// something already does.
+    WriteExclusive,
+}
+
+/// An open device with the geometry that matters to bcache.
+#[derive(Debug)]
+pub struct Device {
+    path: PathBuf,
+    file: File,
+    is_block: bool,
+    size: u64,
+    logical_block_size: u32,
+    rdev: u64,
+}
+
+impl Device {
+    pub fn open(path: &Path, access: Access) -> Result<Device, DeviceError> {
+        let meta = std::fs::metadata(path)
+            .map_err(|source| DeviceError::Open { path: path.to_owned(), source })?;
+        let ft = meta.file_type();
+        let is_block = ft.is_block_device();
+        if !is_block && !ft.is_file() {
+            return Err(DeviceError::NotADevice { path: path.to_owned() });
+        }
+        let mut opts = OpenOptions::new();
+        opts.read(true);
+        if access == Access::WriteExclusive {
+            opts.write(true);
+            if is_block {
+                opts.custom_flags(nix::libc::O_EXCL);
+            }
+        }
+        let file = opts.open(path).map_err(|source| {
+            if source.raw_os_error() == Some(nix::libc::EBUSY) {
+                DeviceError::Busy { path: path.to_owned() }
+            } else {
+                DeviceError::Open { path: path.to_owned(), source }
+            }
+        })?;
+        let io_err = |what, source| DeviceError::Io { path: path.to_owned(), what, source };
+        let (size, logical_block_size) = if is_block {
+            let mut size = 0u64;
+            // SAFETY: BLKGETSIZE64 writes one u64 to the pointer.
+            unsafe { blkgetsize64(file.as_raw_fd(), &mut size) }
+                .map_err(|e| io_err("BLKGETSIZE64", e.into()))?;
+            let mut lbs: libc_int = 0;
+            // SAFETY: BLKSSZGET writes one int to the pointer.
+            unsafe { blksszget(file.as_raw_fd(), &mut lbs) }
+                .map_err(|e| io_err("BLKSSZGET", e.into()))?;
+            (size, lbs as u32)
+        } else {
+            // An image has no logical block size; bcache-tools takes the
+            // file system's preferred I/O size, and so do we.
+            (meta.len(), meta.blksize() as u32)
+        };
+        Ok(Device {
+            path: path.to_owned(),
+            file,
+            is_block,
+            size,
+            logical_block_size,
+            rdev: meta.rdev(),
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+    pub fn is_block(&self) -> bool {
+        self.is_block
+    }
+    /// Size in bytes.
+    pub fn size(&self) -> u64 {
+        self.size
+    }
+    pub fn sectors(&self) -> u64 {
+        self.size / 512
+    }
+    /// Logical block size in bytes (a regular file's preferred I/O size).
+    pub fn logical_block_size(&self) -> u32 {
+        self.logical_block_size
+    }
+    /// The device number of a block device.
+    pub fn rdev(&self) -> Option<u64> {
+        self.is_block.then_some(self.rdev)
+    }
+    pub fn geometry(&self) -> DeviceGeometry {
+        DeviceGeometry { logical_block_size: self.logical_block_size, sectors: self.sectors() }
+    }
+
+    fn io_err(&self, what: &'static str, source: io::Error) -> DeviceError {
+        DeviceError::Io { path: self.path.clone(), what, source }
+    }
+
+    /// Reads the 4 KiB block where a superblock lives.
+    pub fn read_superblock_block(&self) -> Result<Vec<u8>, DeviceError> {
+        let mut buf = vec![0u8; SB_BLOCK_LEN];
+        let mut got = 0;
+        while got < buf.len() {
+            match self.file.read_at(&mut buf[got..], SB_START + got as u64) {
+                Ok(0) => break,
+                Ok(n) => got += n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(self.io_err("read", e)),
+            }
+        }
+        buf.truncate(got);
+        Ok(buf)
+    }
+
+    /// Reads and parses the superblock without judging it.
+    pub fn read_superblock(&self) -> Result<Superblock, DeviceError> {
+        let block = self.read_superblock_block()?;
+        Superblock::parse(&block)
+            .map_err(|source| DeviceError::Short { path: self.path.clone(), source })
+    }
+
+    /// Writes a superblock the way bcache-tools does: the first 4 KiB
+    /// zeroed (so no stale boot sector or signature survives in front of
+    /// it), the superblock block at 4 KiB, then fsync.
+    pub fn write_superblock(&self, sb: &Superblock) -> Result<(), DeviceError> {
+        self.file
+            .write_all_at(&[0u8; SB_START as usize], 0)
+            .map_err(|e| self.io_err("write", e))?;
+        self.file.write_all_at(&sb.to_bytes(), SB_START).map_err(|e| self.io_err("write", e))?;
+        self.file.sync_all().map_err(|e| self.io_err("fsync", e))
+    }
+
+    /// Every signature libblkid finds: file systems, RAID and LVM members,
+    /// partition tables, bcache itself.
+    pub fn signatures(&self) -> Result<Vec<Signature>, DeviceError> {
+        use libblkid_rs::{BlkidProbe, BlkidProbeRet};
+        let perr = |e: libblkid_rs::BlkidErr| DeviceError::Probe {
+            path: self.path.clone(),
+            msg: e.to_string(),
+        };
+        let mut probe = BlkidProbe::new().map_err(perr)?;
+        probe.set_device(self.file.as_raw_fd(), 0, 0).map_err(perr)?;
+        probe.enable_superblocks(true).map_err(perr)?;
+        probe.enable_partitions(true).map_err(perr)?;
+        let mut found = Vec::new();
+        while let BlkidProbeRet::Success = probe.do_probe().map_err(perr)? {
+            let value = |k: &str| probe.lookup_value(k).ok();
+            if let Some(kind) = value("TYPE") {
+                found.push(Signature { kind, partition_table: false, offset: value("SBMAGIC_OFFSET") });
+            } else if let Some(kind) = value("PTTYPE") {
+                found.push(Signature { kind, partition_table: true, offset: value("PTMAGIC_OFFSET") });
+            }
+        }
+        Ok(found)
+    }
+}
+
+/// A signature found on a device.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Signature {
+    /// libblkid's type name: "ext4", "xfs", "LVM2_member", "gpt", "bcache"...
+    pub kind: String,
+    pub partition_table: bool,
+    /// Byte offset of the magic, when libblkid reports it.
+    pub offset: Option<String>,
+}
+
+impl Signature {
+    pub fn is_bcache(&self) -> bool {
+        self.kind == "bcache"
+    }
+}

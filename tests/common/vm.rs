@@ -1,0 +1,910 @@
+//! Real-kernel test harness: boots Debian's 6.12 kernel (bcache as a module) in
+//! QEMU (TCG) from a per-run initramfs, runs a shell scenario in the guest with
+//! the project's `bcache` binary, and hands the results back to the test.
+//!
+//! ```ignore
+//! let scratch = vm::Scratch::new();
+//! let img = scratch.image("backing.img", 64 << 20);
+//! let out = Vm::new().disk(&img).run(r#"
+//!     register /dev/vda
+//!     emit bdev "$(bcache_of /dev/vda)"
+//! "#);
+//! assert_eq!(out.value("bdev"), Some("/dev/bcache0"));
+//! ```
+//!
+//! Assets come from `tests/vm/fetch-assets.sh` (cache dir `$BCACHE_VM_CACHE`, default
+//! `$HOME/.cache/bcache-tools-vm`). Without them `Vm::new()` panics: never a silent skip.
+//!
+//! Guest layout: busybox applets in /bin, /sbin, /usr/bin, /usr/sbin; our binary at
+//! /usr/sbin/bcache with the multi-call names (make-bcache, bcache-super-show,
+//! probe-bcache, bcache-register) as symlinks in /usr/sbin and /lib/udev; host tools
+//! asked for with [`Vm::host_binary`] in /usr/local/bin (first in PATH), except the
+//! C bcache-tools, which go to /opt/c-tools/NAME (not in PATH) so tests can compare.
+//! Disks are /dev/vda, /dev/vdb, ... in the order they were added.
+//!
+//! The scenario runs with `set -e` after sourcing tests/vm/guest-lib.sh (helpers:
+//! emit, begin/end/section, check/check_fails/check_eq, wait_for/wait_until/wait_gone,
+//! register, bcache_of, kmsg_mark/dmesg_since/dmesg_section, power_cut, fail).
+//! Its stdout and stderr reach the host on their own virtio-serial ports, apart from
+//! the kernel console; /init sends the full dmesg and the exit status on a third port.
+//!
+//! Environment: BCACHE_VM_CACHE (assets), BCACHE_VM_TIMEOUT (seconds, default 300),
+//! BCACHE_VM_QEMU (qemu-system-x86_64 to use), BCACHE_VM_KEEP=1 (keep each run's
+//! directory: initramfs, logs, QEMU command line), BCACHE_VM_TRACE=0 (no `set -x`).
+
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::fs;
+use std::io::{BufWriter, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{mpsc, Arc, OnceLock};
+use std::time::{Duration, Instant};
+
+const GUEST_INIT: &str = include_str!("../vm/init.sh");
+const GUEST_RUN_SCENARIO: &str = include_str!("../vm/run-scenario.sh");
+const GUEST_LIB: &str = include_str!("../vm/guest-lib.sh");
+
+/// Names under which our multi-call binary is installed in the guest (besides `bcache`).
+pub const MULTICALL_NAMES: &[&str] = &["make-bcache", "bcache-super-show", "probe-bcache", "bcache-register"];
+/// Where the C bcache-tools go in the guest when asked for with [`Vm::host_binary`].
+pub const C_TOOLS_DIR: &str = "/opt/c-tools";
+/// Where other host binaries go in the guest (first in PATH).
+pub const HOST_BIN_DIR: &str = "/usr/local/bin";
+/// Our binary in the guest.
+pub const GUEST_BCACHE: &str = "/usr/sbin/bcache";
+
+const DEFAULT_TIMEOUT: Duration = Duration::from_secs(300);
+const PORTS: &[&str] = &["out", "err", "meta"];
+
+/// The cache directory of tests/vm/fetch-assets.sh.
+pub fn cache_dir() -> PathBuf {
+    if let Some(dir) = std::env::var_os("BCACHE_VM_CACHE") {
+        return PathBuf::from(dir);
+    }
+    let home = std::env::var_os("HOME").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("/root"));
+    home.join(".cache/bcache-tools-vm")
+}
+
+/// Kernel and modules fetched by tests/vm/fetch-assets.sh.
+#[derive(Clone, Debug)]
+pub struct Assets {
+    pub dir: PathBuf,
+    pub kernel: PathBuf,
+    /// Module files in insmod order.
+    pub modules: Vec<PathBuf>,
+    /// `uname -r` of the guest, e.g. "6.12.117+deb12-amd64".
+    pub release: String,
+}
+
+impl Assets {
+    pub fn find() -> Result<Assets, String> {
+        let dir = cache_dir();
+        let hint = format!(
+            "the VM test assets are missing or incomplete in {} (set BCACHE_VM_CACHE to move it): \
+             run tests/vm/fetch-assets.sh as root (needs apt-get update, and qemu-system-x86 \
+             busybox-static cpio xz-utils installed)",
+            dir.display()
+        );
+        let release = fs::read_to_string(dir.join("kernel-release")).map_err(|e| format!("{hint}: kernel-release: {e}"))?;
+        let release = release.trim().to_string();
+        let kernel = dir.join("vmlinuz");
+        if !kernel.is_file() {
+            return Err(format!("{hint}: no vmlinuz"));
+        }
+        let order = fs::read_to_string(dir.join("modules/load-order")).map_err(|e| format!("{hint}: modules/load-order: {e}"))?;
+        let mut modules = Vec::new();
+        for name in order.lines().map(str::trim).filter(|l| !l.is_empty()) {
+            let path = dir.join("modules").join(name);
+            if !path.is_file() {
+                return Err(format!("{hint}: no modules/{name}"));
+            }
+            modules.push(path);
+        }
+        Ok(Assets { dir, kernel, modules, release })
+    }
+}
+
+/// Guest device name of the `index`-th disk (0 → "/dev/vda").
+pub fn disk_dev(index: usize) -> String {
+    assert!(index < 26, "at most 26 disks");
+    format!("/dev/vd{}", (b'a' + index as u8) as char)
+}
+
+/// A scratch directory for disk images and other files of one test; removed on drop
+/// unless BCACHE_VM_KEEP=1 (then its path is printed).
+pub struct Scratch {
+    dir: Option<tempfile::TempDir>,
+    path: PathBuf,
+}
+
+impl Scratch {
+    pub fn new() -> Scratch {
+        let dir = tempfile::Builder::new().prefix("bcache-vm-scratch-").tempdir().expect("create scratch dir");
+        let path = dir.path().to_path_buf();
+        Scratch { dir: Some(dir), path }
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// A sparse file of `size` bytes (all zero) named `name` in this directory.
+    pub fn image(&self, name: &str, size: u64) -> PathBuf {
+        sparse_image(&self.path.join(name), size)
+    }
+}
+
+impl Default for Scratch {
+    fn default() -> Self {
+        Scratch::new()
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        if keep_runs() {
+            if let Some(dir) = self.dir.take() {
+                eprintln!("vm: keeping scratch dir {}", dir.keep().display());
+            }
+        }
+    }
+}
+
+/// Create (or truncate to zero and regrow) a sparse file of `size` bytes at `path`.
+pub fn sparse_image(path: &Path, size: u64) -> PathBuf {
+    let f = fs::File::create(path).unwrap_or_else(|e| panic!("create {}: {e}", path.display()));
+    f.set_len(size).unwrap_or_else(|e| panic!("set_len {}: {e}", path.display()));
+    path.to_path_buf()
+}
+
+/// Read `len` bytes at `offset` of a host file (e.g. a disk image after a run).
+pub fn read_at(path: &Path, offset: u64, len: usize) -> Vec<u8> {
+    use std::os::unix::fs::FileExt;
+    let f = fs::File::open(path).unwrap_or_else(|e| panic!("open {}: {e}", path.display()));
+    let mut buf = vec![0u8; len];
+    f.read_exact_at(&mut buf, offset).unwrap_or_else(|e| panic!("read {} at {offset}: {e}", path.display()));
+    buf
+}
+
+/// Options of one virtio disk.
+#[derive(Clone, Debug, Default)]
+pub struct DiskOptions {
+    /// virtio-blk serial (guest: /sys/block/vdX/serial), at most 20 bytes.
+    pub serial: Option<String>,
+    pub logical_block_size: Option<u32>,
+    pub physical_block_size: Option<u32>,
+    pub read_only: bool,
+}
+
+#[derive(Clone, Debug)]
+struct Disk {
+    path: PathBuf,
+    opts: DiskOptions,
+}
+
+#[derive(Clone, Debug)]
+enum Source {
+    Host(PathBuf),
+    Bytes(Vec<u8>),
+}
+
+/// A guest to boot: the builder. `run` can be called several times (same disks,
+/// fresh initramfs and RAM each time).
+#[derive(Clone, Debug)]
+pub struct Vm {
+    assets: Assets,
+    bcache_binary: Option<PathBuf>,
+    disks: Vec<Disk>,
+    /// guest path → host binary (libs are added at build time)
+    binaries: Vec<(String, PathBuf)>,
+    files: Vec<(String, Source, u32)>,
+    env: Vec<(String, String)>,
+    memory_mib: u32,
+    cpus: u32,
+    timeout: Duration,
+    trace: bool,
+    kernel_args: Vec<String>,
+}
+
+impl Default for Vm {
+    fn default() -> Self {
+        Vm::new()
+    }
+}
+
+impl Vm {
+    /// A guest with the fetched kernel and our `bcache` binary (the cargo-built one,
+    /// when compiled as part of an integration test). Panics, naming
+    /// tests/vm/fetch-assets.sh, when the assets are missing.
+    pub fn new() -> Vm {
+        let assets = Assets::find().unwrap_or_else(|e| panic!("{e}"));
+        let timeout = match std::env::var("BCACHE_VM_TIMEOUT") {
+            Ok(s) => Duration::from_secs(s.trim().parse().unwrap_or_else(|_| panic!("BCACHE_VM_TIMEOUT={s}: not a number of seconds"))),
+            Err(_) => DEFAULT_TIMEOUT,
+        };
+        Vm {
+            assets,
+            bcache_binary: option_env!("CARGO_BIN_EXE_bcache").map(PathBuf::from),
+            disks: Vec::new(),
+            binaries: Vec::new(),
+            files: Vec::new(),
+            env: Vec::new(),
+            memory_mib: 1024,
+            cpus: 2,
+            timeout,
+            trace: std::env::var("BCACHE_VM_TRACE").map(|v| v != "0").unwrap_or(true),
+            kernel_args: Vec::new(),
+        }
+    }
+
+    pub fn assets(&self) -> &Assets {
+        &self.assets
+    }
+
+    /// Use this file as the guest's `bcache` binary instead of the cargo-built one.
+    pub fn bcache_binary(&mut self, path: &Path) -> &mut Self {
+        self.bcache_binary = Some(path.to_path_buf());
+        self
+    }
+
+    /// Attach the next virtio disk (/dev/vda, /dev/vdb, ...) backed by a raw host file.
+    pub fn disk(&mut self, path: &Path) -> &mut Self {
+        self.disk_with(path, DiskOptions::default())
+    }
+
+    /// Like `disk`, with logical and physical block size `lbs` bytes.
+    pub fn disk_with_block_size(&mut self, path: &Path, lbs: u32) -> &mut Self {
+        self.disk_with(path, DiskOptions { logical_block_size: Some(lbs), physical_block_size: Some(lbs), ..Default::default() })
+    }
+
+    pub fn disk_with(&mut self, path: &Path, opts: DiskOptions) -> &mut Self {
+        assert!(self.disks.len() < 26, "at most 26 disks");
+        assert!(path.is_file(), "disk image {} does not exist", path.display());
+        if let Some(s) = &opts.serial {
+            assert!(s.len() <= 20 && !s.contains(','), "bad virtio-blk serial {s:?}");
+        }
+        self.disks.push(Disk { path: path.to_path_buf(), opts });
+        self
+    }
+
+    /// Guest device of the disk added as number `index` (0-based).
+    pub fn dev(&self, index: usize) -> String {
+        assert!(index < self.disks.len(), "no disk {index}");
+        disk_dev(index)
+    }
+
+    /// Copy a host program (looked up in PATH, the sbin dirs and /lib/udev, or an
+    /// absolute path) and its shared libraries into the guest: C bcache-tools names
+    /// go to /opt/c-tools/NAME, anything else to /usr/local/bin/NAME.
+    pub fn host_binary(&mut self, name: &str) -> &mut Self {
+        let host = find_host_program(name).unwrap_or_else(|| panic!("host program {name} not found (is its package installed?)"));
+        let base = Path::new(name).file_name().unwrap().to_string_lossy().into_owned();
+        let dir = if MULTICALL_NAMES.contains(&base.as_str()) { C_TOOLS_DIR } else { HOST_BIN_DIR };
+        self.binaries.push((format!("{dir}/{base}"), host));
+        self
+    }
+
+    /// The C bcache-tools (make-bcache, bcache-super-show, probe-bcache,
+    /// bcache-register) into /opt/c-tools.
+    pub fn c_bcache_tools(&mut self) -> &mut Self {
+        for name in MULTICALL_NAMES {
+            self.host_binary(name);
+        }
+        self
+    }
+
+    /// Put a file with these contents at `guest_path` (mode 0644, or 0755 if `exec`).
+    pub fn file(&mut self, guest_path: &str, contents: impl Into<Vec<u8>>, exec: bool) -> &mut Self {
+        self.files.push((guest_path.to_string(), Source::Bytes(contents.into()), if exec { 0o755 } else { 0o644 }));
+        self
+    }
+
+    /// Copy a host file to `guest_path`, keeping its permission bits.
+    pub fn host_file(&mut self, host: &Path, guest_path: &str) -> &mut Self {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = fs::metadata(host).unwrap_or_else(|e| panic!("{}: {e}", host.display())).permissions().mode() & 0o7777;
+        self.files.push((guest_path.to_string(), Source::Host(host.to_path_buf()), mode));
+        self
+    }
+
+    /// Export a variable to the scenario.
+    pub fn env(&mut self, key: &str, value: &str) -> &mut Self {
+        assert!(!key.is_empty() && key.chars().all(|c| c.is_ascii_alphanumeric() || c == '_'), "bad variable name {key:?}");
+        self.env.push((key.to_string(), value.to_string()));
+        self
+    }
+
+    pub fn memory_mib(&mut self, mib: u32) -> &mut Self {
+        self.memory_mib = mib;
+        self
+    }
+
+    pub fn cpus(&mut self, n: u32) -> &mut Self {
+        self.cpus = n;
+        self
+    }
+
+    /// Hard bound on one boot (QEMU is killed and the test fails past it).
+    pub fn timeout(&mut self, t: Duration) -> &mut Self {
+        self.timeout = t;
+        self
+    }
+
+    /// `set -x` in the scenario (default on; the trace goes to stderr).
+    pub fn trace(&mut self, on: bool) -> &mut Self {
+        self.trace = on;
+        self
+    }
+
+    /// An extra kernel command-line argument.
+    pub fn kernel_arg(&mut self, arg: &str) -> &mut Self {
+        self.kernel_args.push(arg.to_string());
+        self
+    }
+
+    /// Boot, run `script`, and return the output; panics (with the tails of all
+    /// channels) unless the scenario exited 0 with no failed `check`.
+    pub fn run(&self, script: &str) -> VmOutput {
+        let out = self.run_unchecked(script);
+        out.assert_ok();
+        out
+    }
+
+    /// Boot and run `script`; returns whatever happened, for scenarios expected to
+    /// fail. Still panics if QEMU cannot start or the boot times out.
+    pub fn run_unchecked(&self, script: &str) -> VmOutput {
+        let run = tempfile::Builder::new().prefix("bcache-vm-run-").tempdir().expect("create run dir");
+        let dir = run.path().to_path_buf();
+        let initrd = dir.join("initramfs.cpio");
+        let t0 = Instant::now();
+        self.build_initramfs(script, &initrd);
+        let build_time = t0.elapsed();
+
+        let qemu = std::env::var("BCACHE_VM_QEMU").unwrap_or_else(|_| "qemu-system-x86_64".into());
+        let args = self.qemu_args(&dir, &initrd);
+        fs::write(dir.join("qemu-cmdline"), shell_words(&qemu, &args)).unwrap();
+        let qemu_log = fs::File::create(dir.join("qemu.log")).unwrap();
+        let t1 = Instant::now();
+        let mut child = Command::new(&qemu)
+            .args(&args)
+            .stdin(Stdio::null())
+            .stdout(qemu_log.try_clone().unwrap())
+            .stderr(qemu_log)
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {qemu}: {e} (apt-get install qemu-system-x86)"));
+
+        // Watchdog: kill QEMU when the bound passes; the main thread just waits for the exit.
+        let (done_tx, done_rx) = mpsc::channel::<()>();
+        let timed_out = Arc::new(AtomicBool::new(false));
+        let pid = child.id();
+        let timeout = self.timeout;
+        let flag = timed_out.clone();
+        let watchdog = std::thread::spawn(move || {
+            if let Err(mpsc::RecvTimeoutError::Timeout) = done_rx.recv_timeout(timeout) {
+                flag.store(true, Ordering::SeqCst);
+                let _ = Command::new("kill").args(["-KILL", &pid.to_string()]).status();
+            }
+        });
+        let exit = child.wait().expect("wait for qemu");
+        let _ = done_tx.send(());
+        watchdog.join().unwrap();
+        let elapsed = t1.elapsed();
+
+        let read = |name: &str| String::from_utf8_lossy(&fs::read(dir.join(name)).unwrap_or_default()).into_owned();
+        let meta = read("meta.log");
+        let console = read("console.log");
+        let dmesg = between(&meta, "@@DMESG-BEGIN", "@@DMESG-END").unwrap_or_default();
+        let status = last_status(&meta).or_else(|| last_status(&console));
+        let kept = if keep_runs() { Some(run.keep()) } else { None };
+        let out = VmOutput {
+            console,
+            stdout: read("out.log"),
+            stderr: read("err.log"),
+            dmesg,
+            status,
+            qemu_log: read("qemu.log"),
+            elapsed,
+            initramfs_build: build_time,
+            kernel_release: self.assets.release.clone(),
+            run_dir: kept.clone(),
+        };
+        if let Some(k) = &kept {
+            eprintln!("vm: kept run dir {}", k.display());
+        }
+        if timed_out.load(Ordering::SeqCst) {
+            out.fail(&format!("VM timed out after {} s (BCACHE_VM_TIMEOUT to change); QEMU killed", self.timeout.as_secs()));
+        }
+        if out.status.is_none() && !exit.success() {
+            out.fail(&format!("QEMU failed ({exit}) before the scenario reported a status"));
+        }
+        out
+    }
+
+    fn qemu_args(&self, dir: &Path, initrd: &Path) -> Vec<String> {
+        let mut append = vec![
+            "console=ttyS0",
+            "quiet",
+            "panic=-1",
+            "oops=panic",
+            "rdinit=/init",
+            "printk.devkmsg=on",
+            "random.trust_cpu=on",
+            "mitigations=off",
+        ]
+        .into_iter()
+        .map(String::from)
+        .collect::<Vec<_>>();
+        append.extend(self.kernel_args.iter().cloned());
+
+        let mut a: Vec<String> = Vec::new();
+        let mut push = |items: &[&str]| a.extend(items.iter().map(|s| s.to_string()));
+        push(&["-accel", "tcg", "-cpu", "max"]);
+        push(&["-m", &self.memory_mib.to_string(), "-smp", &self.cpus.to_string()]);
+        push(&["-nodefaults", "-nographic", "-no-reboot"]);
+        push(&["-kernel", &self.assets.kernel.to_string_lossy(), "-initrd", &initrd.to_string_lossy()]);
+        push(&["-append", &append.join(" ")]);
+        push(&["-serial", &format!("file:{}", qemu_path(&dir.join("console.log")))]);
+        for (i, d) in self.disks.iter().enumerate() {
+            let mut drive = format!("if=none,id=disk{i},file={},format=raw,cache=unsafe", qemu_path(&d.path));
+            if d.opts.read_only {
+                drive.push_str(",readonly=on");
+            }
+            let mut dev = format!("virtio-blk-pci,drive=disk{i}");
+            if let Some(s) = &d.opts.serial {
+                write!(dev, ",serial={s}").unwrap();
+            }
+            if let Some(n) = d.opts.logical_block_size {
+                write!(dev, ",logical_block_size={n}").unwrap();
+            }
+            if let Some(n) = d.opts.physical_block_size {
+                write!(dev, ",physical_block_size={n}").unwrap();
+            }
+            push(&["-drive", &drive, "-device", &dev]);
+        }
+        push(&["-device", "virtio-serial-pci,id=vser0"]);
+        for p in PORTS {
+            let file = qemu_path(&dir.join(format!("{p}.log")));
+            push(&["-chardev", &format!("file,id=port-{p},path={file}")]);
+            push(&["-device", &format!("virtserialport,bus=vser0.0,chardev=port-{p},name={p}")]);
+        }
+        a
+    }
+
+    fn build_initramfs(&self, script: &str, dest: &Path) {
+        let mut fsys = GuestFs::default();
+        for d in ["/bin", "/sbin", "/usr/bin", "/usr/sbin", "/usr/local/bin", "/lib/modules", "/proc", "/sys", "/dev", "/run", "/tmp", "/mnt", "/root", "/etc", C_TOOLS_DIR] {
+            fsys.dir(d);
+        }
+        fsys.node("/dev/console", Node::CharDev(5, 1, 0o600));
+        fsys.node("/dev/null", Node::CharDev(1, 3, 0o666));
+
+        // busybox and its applets (the applet list names busybox itself: skip it)
+        let busybox = find_host_program("busybox").expect("busybox not found (apt-get install busybox-static)");
+        fsys.program("/bin/busybox", &busybox);
+        for applet in busybox_applets(&busybox) {
+            let path = format!("/{applet}");
+            if path != "/bin/busybox" && !path.ends_with("/busybox") {
+                fsys.node_if_absent(&path, Node::Symlink("/bin/busybox".into()));
+            }
+        }
+
+        for m in &self.assets.modules {
+            fsys.node(&format!("/lib/modules/{}", m.file_name().unwrap().to_string_lossy()), Node::File(Source::Host(m.clone()), 0o644));
+        }
+        let order: String = self.assets.modules.iter().map(|m| format!("{}\n", m.file_name().unwrap().to_string_lossy())).collect();
+        fsys.node("/lib/modules/load-order", Node::File(Source::Bytes(order.into_bytes()), 0o644));
+
+        if let Some(bin) = &self.bcache_binary {
+            assert!(bin.is_file(), "bcache binary {} does not exist", bin.display());
+            fsys.program(GUEST_BCACHE, bin);
+            for name in MULTICALL_NAMES {
+                fsys.node(&format!("/usr/sbin/{name}"), Node::Symlink("bcache".into()));
+            }
+            for name in ["probe-bcache", "bcache-register"] {
+                fsys.node(&format!("/lib/udev/{name}"), Node::Symlink(GUEST_BCACHE.into()));
+            }
+        }
+        for (guest, host) in &self.binaries {
+            fsys.program(guest, host);
+        }
+        for (guest, src, mode) in &self.files {
+            fsys.node(guest, Node::File(src.clone(), *mode));
+        }
+
+        let mut conf = String::new();
+        writeln!(conf, "VM_TRACE={}", if self.trace { 1 } else { 0 }).unwrap();
+        writeln!(conf, "VM_PORTS='{}'", PORTS.join(" ")).unwrap();
+        writeln!(conf, "VM_KERNEL_RELEASE={}", sh_quote(&self.assets.release)).unwrap();
+        writeln!(conf, "VM_DISKS={}", sh_quote(&(0..self.disks.len()).map(disk_dev).collect::<Vec<_>>().join(" "))).unwrap();
+        writeln!(conf, "export VM_TRACE VM_KERNEL_RELEASE VM_DISKS").unwrap();
+        for (k, v) in &self.env {
+            writeln!(conf, "export {k}={}", sh_quote(v)).unwrap();
+        }
+        fsys.node("/etc/vm.conf", Node::File(Source::Bytes(conf.into_bytes()), 0o644));
+        fsys.node("/init", Node::File(Source::Bytes(GUEST_INIT.into()), 0o755));
+        fsys.node("/usr/lib/bcache-vm/run-scenario.sh", Node::File(Source::Bytes(GUEST_RUN_SCENARIO.into()), 0o644));
+        fsys.node("/usr/lib/bcache-vm/guest-lib.sh", Node::File(Source::Bytes(GUEST_LIB.into()), 0o644));
+        fsys.node("/scenario.sh", Node::File(Source::Bytes(script.as_bytes().to_vec()), 0o644));
+
+        fsys.write_cpio(dest);
+    }
+}
+
+/// What a run left: the three channels, the dmesg and the exit status.
+#[derive(Clone, Debug)]
+pub struct VmOutput {
+    /// Serial console: kernel messages (quiet: warnings and worse) and /init's.
+    pub console: String,
+    /// The scenario's stdout (markers included).
+    pub stdout: String,
+    /// The scenario's stderr, with the `set -x` trace.
+    pub stderr: String,
+    /// The guest's whole kernel log, taken after the scenario.
+    pub dmesg: String,
+    /// Exit status of the scenario; None if the guest never reported one
+    /// (kernel panic, QEMU killed). 124-126: /init could not start the scenario.
+    pub status: Option<i32>,
+    /// QEMU's own stdout and stderr.
+    pub qemu_log: String,
+    /// Wall time from starting QEMU to its exit.
+    pub elapsed: Duration,
+    pub initramfs_build: Duration,
+    pub kernel_release: String,
+    /// The run directory, when kept (BCACHE_VM_KEEP=1).
+    pub run_dir: Option<PathBuf>,
+}
+
+/// One `check` result.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Check {
+    pub name: String,
+    pub passed: bool,
+    /// The rest of a FAIL line (why).
+    pub detail: String,
+}
+
+impl VmOutput {
+    /// Exited 0 and no check failed.
+    pub fn ok(&self) -> bool {
+        self.status == Some(0) && self.checks().iter().all(|c| c.passed)
+    }
+
+    pub fn assert_ok(&self) -> &Self {
+        if self.status != Some(0) {
+            self.fail(&format!("scenario exit status {}", fmt_status(self.status)));
+        }
+        let failed: Vec<_> = self.checks().into_iter().filter(|c| !c.passed).collect();
+        if !failed.is_empty() {
+            let list: Vec<String> = failed.iter().map(|c| format!("{} {}", c.name, c.detail)).collect();
+            self.fail(&format!("failed checks: {}", list.join("; ")));
+        }
+        self
+    }
+
+    pub fn assert_status(&self, status: i32) -> &Self {
+        if self.status != Some(status) {
+            self.fail(&format!("scenario exit status {}, expected {status}", fmt_status(self.status)));
+        }
+        self
+    }
+
+    /// Lines of stdout between "@@BEGIN name" and "@@END name" (the first such
+    /// section), joined with '\n' and ending with '\n' if not empty. Panics if absent.
+    pub fn section(&self, name: &str) -> String {
+        self.try_section(name).unwrap_or_else(|| self.fail(&format!("no section {name:?} in the scenario's stdout")))
+    }
+
+    pub fn try_section(&self, name: &str) -> Option<String> {
+        self.sections(name).into_iter().next()
+    }
+
+    /// All sections with this name, in order.
+    pub fn sections(&self, name: &str) -> Vec<String> {
+        let begin = format!("@@BEGIN {name}");
+        let end = format!("@@END {name}");
+        let mut found = Vec::new();
+        let mut cur: Option<String> = None;
+        for line in self.stdout.lines() {
+            let line = line.strip_suffix('\r').unwrap_or(line);
+            match &mut cur {
+                None if line == begin => cur = Some(String::new()),
+                None => {}
+                Some(_) if line == end => found.push(cur.take().unwrap()),
+                Some(s) => {
+                    s.push_str(line);
+                    s.push('\n');
+                }
+            }
+        }
+        found
+    }
+
+    /// The value of the last "@@ KEY VALUE" line.
+    pub fn value(&self, key: &str) -> Option<&str> {
+        self.values(key).pop()
+    }
+
+    /// Like `value`, panicking with the report when absent.
+    pub fn expect_value(&self, key: &str) -> &str {
+        self.value(key).unwrap_or_else(|| self.fail(&format!("no \"@@ {key} ...\" line in the scenario's stdout")))
+    }
+
+    pub fn values(&self, key: &str) -> Vec<&str> {
+        self.stdout
+            .lines()
+            .filter_map(|l| {
+                let rest = l.strip_prefix("@@ ")?;
+                let rest = rest.strip_suffix('\r').unwrap_or(rest);
+                match rest.split_once(' ') {
+                    Some((k, v)) if k == key => Some(v),
+                    None if rest == key => Some(""),
+                    _ => None,
+                }
+            })
+            .collect()
+    }
+
+    pub fn checks(&self) -> Vec<Check> {
+        self.stdout
+            .lines()
+            .filter_map(|l| {
+                let rest = l.strip_prefix("@@CHECK ")?;
+                let (verdict, rest) = rest.split_once(' ')?;
+                let (name, detail) = rest.split_once(' ').unwrap_or((rest, ""));
+                Some(Check { name: name.to_string(), passed: verdict == "PASS", detail: detail.trim().to_string() })
+            })
+            .collect()
+    }
+
+    /// The check called `name` passed (panics if it failed or never ran).
+    pub fn assert_check(&self, name: &str) -> &Self {
+        match self.checks().into_iter().find(|c| c.name == name) {
+            Some(c) if c.passed => self,
+            Some(c) => self.fail(&format!("check {name} failed {}", c.detail)),
+            None => self.fail(&format!("check {name} never ran")),
+        }
+    }
+
+    /// Scenario stdout without marker lines.
+    pub fn plain_stdout(&self) -> String {
+        self.stdout.lines().filter(|l| !l.starts_with("@@")).map(|l| format!("{l}\n")).collect()
+    }
+
+    /// Kernel log lines after the last `kmsg_mark NAME` (None if there is no such mark).
+    pub fn dmesg_since(&self, mark: &str) -> Option<String> {
+        let needle = format!("@@MARK {mark}");
+        let lines: Vec<&str> = self.dmesg.lines().collect();
+        let pos = lines.iter().rposition(|l| l.trim_end().ends_with(&needle))?;
+        Some(lines[pos + 1..].iter().map(|l| format!("{l}\n")).collect())
+    }
+
+    /// Human-readable summary with the tail of every channel.
+    pub fn report(&self) -> String {
+        let mut r = String::new();
+        writeln!(
+            r,
+            "guest kernel {}, exit status {}, {:.1} s in QEMU (initramfs built in {:.2} s)",
+            self.kernel_release,
+            fmt_status(self.status),
+            self.elapsed.as_secs_f64(),
+            self.initramfs_build.as_secs_f64()
+        )
+        .unwrap();
+        for (name, text, n) in [
+            ("scenario stderr (trace)", &self.stderr, 40),
+            ("scenario stdout", &self.stdout, 40),
+            ("console", &self.console, 60),
+            ("qemu", &self.qemu_log, 20),
+        ] {
+            writeln!(r, "----- {name} (last {n} lines) -----").unwrap();
+            r.push_str(&tail(text, n));
+        }
+        if self.status.is_some() {
+            writeln!(r, "----- dmesg (last 30 lines) -----").unwrap();
+            r.push_str(&tail(&self.dmesg, 30));
+        }
+        r
+    }
+
+    /// Panic with `why`, the report, and (when possible) the full logs saved in
+    /// the cargo target tmp dir.
+    pub fn fail(&self, why: &str) -> ! {
+        let saved = self.save_logs().map(|p| format!("\nfull logs: {}", p.display())).unwrap_or_default();
+        panic!("VM test failed: {why}\n{}{saved}", self.report());
+    }
+
+    fn save_logs(&self) -> Option<PathBuf> {
+        static N: AtomicUsize = AtomicUsize::new(0);
+        let base = PathBuf::from(option_env!("CARGO_TARGET_TMPDIR")?).join("vm-logs");
+        let thread = std::thread::current().name().unwrap_or("main").replace("::", "-").replace(|c: char| !c.is_ascii_alphanumeric() && c != '-' && c != '_', "_");
+        let dir = base.join(format!("{thread}-{}-{}", std::process::id(), N.fetch_add(1, Ordering::SeqCst)));
+        fs::create_dir_all(&dir).ok()?;
+        for (name, text) in [("console.log", &self.console), ("stdout.log", &self.stdout), ("stderr.log", &self.stderr), ("dmesg.log", &self.dmesg), ("qemu.log", &self.qemu_log)] {
+            fs::write(dir.join(name), text).ok()?;
+        }
+        Some(dir)
+    }
+}
+
+fn fmt_status(s: Option<i32>) -> String {
+    s.map(|s| s.to_string()).unwrap_or_else(|| "none (the guest never reported one)".into())
+}
+
+fn tail(text: &str, n: usize) -> String {
+    let lines: Vec<&str> = text.lines().collect();
+    let start = lines.len().saturating_sub(n);
+    lines[start..].iter().map(|l| format!("{l}\n")).collect()
+}
+
+fn between(text: &str, begin: &str, end: &str) -> Option<String> {
+    let start = text.rfind(&format!("{begin}\n"))? + begin.len() + 1;
+    let stop = text[start..].find(&format!("{end}\n")).map(|i| start + i).unwrap_or(text.len());
+    Some(text[start..stop].to_string())
+}
+
+fn last_status(text: &str) -> Option<i32> {
+    text.lines().rev().find_map(|l| l.trim_end_matches('\r').strip_prefix("@@STATUS ")?.trim().parse().ok())
+}
+
+fn keep_runs() -> bool {
+    std::env::var("BCACHE_VM_KEEP").map(|v| !v.is_empty() && v != "0").unwrap_or(false)
+}
+
+/// QEMU option values escape ',' as ",,".
+fn qemu_path(p: &Path) -> String {
+    p.to_string_lossy().replace(',', ",,")
+}
+
+fn sh_quote(s: &str) -> String {
+    format!("'{}'", s.replace('\'', "'\\''"))
+}
+
+fn shell_words(prog: &str, args: &[String]) -> String {
+    let mut s = sh_quote(prog);
+    for a in args {
+        s.push(' ');
+        s.push_str(&sh_quote(a));
+    }
+    s.push('\n');
+    s
+}
+
+/// Look a program up like a root shell would, plus /lib/udev (probe-bcache, bcache-register).
+pub fn find_host_program(name: &str) -> Option<PathBuf> {
+    let p = Path::new(name);
+    if p.is_absolute() {
+        return p.is_file().then(|| p.to_path_buf());
+    }
+    let path = std::env::var("PATH").unwrap_or_default();
+    let extra = ["/usr/local/sbin", "/usr/local/bin", "/usr/sbin", "/usr/bin", "/sbin", "/bin", "/lib/udev", "/usr/lib/udev"];
+    let found = path.split(':').filter(|d| !d.is_empty()).chain(extra).map(|d| Path::new(d).join(name)).find(|c| c.is_file());
+    found
+}
+
+fn busybox_applets(busybox: &Path) -> Vec<String> {
+    static LIST: OnceLock<Vec<String>> = OnceLock::new();
+    LIST.get_or_init(|| {
+        let out = Command::new(busybox).arg("--list-full").output().expect("run busybox --list-full");
+        assert!(out.status.success(), "busybox --list-full failed");
+        String::from_utf8_lossy(&out.stdout).lines().map(|l| l.trim().trim_start_matches('/').to_string()).filter(|l| !l.is_empty()).collect()
+    })
+    .clone()
+}
+
+/// Shared libraries of a host program (with the dynamic loader), from ldd.
+/// Empty for static programs.
+pub fn shared_libraries(program: &Path) -> Vec<PathBuf> {
+    let out = Command::new("ldd").arg(program).output().expect("run ldd");
+    let text = String::from_utf8_lossy(&out.stdout);
+    if !out.status.success() || text.contains("not a dynamic executable") || text.contains("statically linked") {
+        return Vec::new();
+    }
+    let mut libs = Vec::new();
+    for line in text.lines() {
+        let line = line.trim();
+        let path = match line.split_once("=>") {
+            Some((name, rest)) => {
+                let rest = rest.trim();
+                assert!(!rest.starts_with("not found"), "{}: shared library {} not found", program.display(), name.trim());
+                rest.split_whitespace().next().unwrap_or("")
+            }
+            None => line.split_whitespace().next().unwrap_or(""),
+        };
+        if path.starts_with('/') {
+            libs.push(PathBuf::from(path));
+        }
+    }
+    libs
+}
+
+#[derive(Clone, Debug)]
+enum Node {
+    Dir,
+    File(Source, u32),
+    Symlink(String),
+    CharDev(u32, u32, u32),
+}
+
+/// The guest's root file system, written out as a newc cpio archive.
+#[derive(Default)]
+struct GuestFs {
+    nodes: BTreeMap<String, Node>,
+}
+
+impl GuestFs {
+    fn dir(&mut self, path: &str) {
+        let mut p = String::new();
+        for part in path.split('/').filter(|s| !s.is_empty()) {
+            p.push('/');
+            p.push_str(part);
+            self.nodes.entry(p.clone()).or_insert(Node::Dir);
+        }
+    }
+
+    fn node(&mut self, path: &str, node: Node) {
+        assert!(path.starts_with('/') && !path.ends_with('/'), "bad guest path {path}");
+        if let Some(parent) = Path::new(path).parent() {
+            self.dir(&parent.to_string_lossy());
+        }
+        self.nodes.insert(path.to_string(), node);
+    }
+
+    fn node_if_absent(&mut self, path: &str, node: Node) {
+        if !self.nodes.contains_key(path) {
+            self.node(path, node);
+        }
+    }
+
+    /// A host executable and the libraries it needs, at the paths ldd names.
+    fn program(&mut self, guest: &str, host: &Path) {
+        self.node(guest, Node::File(Source::Host(host.to_path_buf()), 0o755));
+        for lib in shared_libraries(host) {
+            self.node_if_absent(&lib.to_string_lossy(), Node::File(Source::Host(lib.clone()), 0o755));
+        }
+    }
+
+    fn write_cpio(&self, dest: &Path) {
+        let f = fs::File::create(dest).unwrap_or_else(|e| panic!("create {}: {e}", dest.display()));
+        let mut w = BufWriter::with_capacity(1 << 20, f);
+        let mut ino = 1u32;
+        for (path, node) in &self.nodes {
+            let name = path.trim_start_matches('/');
+            let (mode, data, rdev) = match node {
+                Node::Dir => (0o040755, Vec::new(), (0, 0)),
+                Node::File(Source::Bytes(b), m) => (0o100000 | m, b.clone(), (0, 0)),
+                Node::File(Source::Host(p), m) => (0o100000 | m, fs::read(p).unwrap_or_else(|e| panic!("read {}: {e}", p.display())), (0, 0)),
+                Node::Symlink(t) => (0o120777, t.as_bytes().to_vec(), (0, 0)),
+                Node::CharDev(maj, min, m) => (0o020000 | m, Vec::new(), (*maj, *min)),
+            };
+            cpio_entry(&mut w, ino, mode, name, &data, rdev);
+            ino += 1;
+        }
+        cpio_entry(&mut w, 0, 0, "TRAILER!!!", &[], (0, 0));
+        w.flush().unwrap();
+    }
+}
+
+fn cpio_entry(w: &mut impl Write, ino: u32, mode: u32, name: &str, data: &[u8], rdev: (u32, u32)) {
+    let nlink = if mode & 0o170000 == 0o040000 { 2 } else { 1 };
+    let namesize = name.len() + 1;
+    let fields = [ino, mode, 0, 0, nlink, 0, data.len() as u32, 0, 0, rdev.0, rdev.1, namesize as u32, 0];
+    let mut header = String::with_capacity(110);
+    header.push_str("070701");
+    for f in fields {
+        write!(header, "{f:08x}").unwrap();
+    }
+    w.write_all(header.as_bytes()).unwrap();
+    w.write_all(name.as_bytes()).unwrap();
+    w.write_all(&[0]).unwrap();
+    w.write_all(&[0u8; 3][..pad4(110 + namesize)]).unwrap();
+    w.write_all(data).unwrap();
+    w.write_all(&[0u8; 3][..pad4(data.len())]).unwrap();
+}
+
+fn pad4(n: usize) -> usize {
+    (4 - n % 4) % 4
+}

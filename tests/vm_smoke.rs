@@ -1,0 +1,172 @@
+//! Proves the QEMU harness (tests/common/vm.rs) against the real kernel: two disks
+//! formatted on the host with the C bcache-tools, registered in the guest, data
+//! written through /dev/bcache0 in writethrough mode, found on the host in the
+//! backing image at the data offset, and found again after a second boot.
+//!
+//! Needs the VM assets (tests/vm/fetch-assets.sh), QEMU, busybox-static and, on the
+//! host, bcache-tools (make-bcache, bcache-super-show).
+
+mod common;
+
+use common::vm::{self, DiskOptions, Scratch, Vm};
+use std::path::Path;
+use std::process::Command;
+
+const MIB: u64 = 1 << 20;
+const PATTERN_LEN: usize = 256 * 1024;
+/// Backing devices made by make-bcache without -o start their data at sector 16.
+const DATA_OFFSET: u64 = 16 * 512;
+
+/// Deterministic, incompressible test data (xorshift64).
+fn pattern(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x >> 24) as u8
+        })
+        .collect()
+}
+
+fn host_tool(args: &[&str]) -> String {
+    let out = Command::new(args[0]).args(&args[1..]).output().unwrap_or_else(|e| panic!("{}: {e} (apt-get install bcache-tools)", args[0]));
+    assert!(out.status.success(), "{args:?} failed: {}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn super_show_field(dev: &Path, field: &str) -> String {
+    let text = host_tool(&["bcache-super-show", dev.to_str().unwrap()]);
+    text.lines()
+        .find_map(|l| l.strip_prefix(field).map(|v| v.trim().to_string()))
+        .unwrap_or_else(|| panic!("no {field} in bcache-super-show output:\n{text}"))
+}
+
+fn vm_for(cache: &Path, backing: &Path, data: &[u8]) -> Vm {
+    let mut vm = Vm::new();
+    vm.disk_with(cache, DiskOptions { serial: Some("smoke-cache".into()), ..Default::default() })
+        .disk_with(
+            backing,
+            DiskOptions {
+                serial: Some("smoke-backing".into()),
+                logical_block_size: Some(4096),
+                physical_block_size: Some(4096),
+                ..Default::default()
+            },
+        )
+        .file("/root/pattern.bin", data.to_vec(), false);
+    vm
+}
+
+#[test]
+fn boot_register_write_and_persist() {
+    let scratch = Scratch::new();
+    let cache = scratch.image("cache.img", 64 * MIB);
+    let backing = scratch.image("backing.img", 64 * MIB);
+    // 64 KiB buckets: 1024 of them (the kernel wants more than 512).
+    host_tool(&["make-bcache", "-b", "64k", "-C", cache.to_str().unwrap(), "-B", backing.to_str().unwrap()]);
+    let cset = super_show_field(&cache, "cset.uuid");
+    assert_eq!(super_show_field(&backing, "cset.uuid"), cset);
+    assert_eq!(super_show_field(&backing, "dev.data.first_sector"), "16");
+
+    let data = pattern(PATTERN_LEN, 0x5eed_bcac_4e00_0001);
+    let vm = vm_for(&cache, &backing, &data);
+
+    let first = vm.run(
+        r#"
+        emit uname "$(uname -r)"
+        emit cache_serial "$(cat /sys/block/vda/serial)"
+        emit backing_serial "$(cat /sys/block/vdb/serial)"
+        emit backing_lbs "$(cat /sys/block/vdb/queue/logical_block_size)"
+        check bcache-is-module grep -q '^bcache ' /proc/modules
+        check_eq bcache-module-live live "$(cat /sys/module/bcache/initstate)"
+
+        kmsg_mark register
+        register /dev/vda /dev/vdb
+        dev=$(bcache_of /dev/vdb)
+        emit bcache_dev "$dev"
+        wait_for /sys/block/vdb/bcache/cache
+        emit cset "$(basename "$(readlink /sys/block/vdb/bcache/cache)")"
+        emit cache_mode "$(cat /sys/block/vdb/bcache/cache_mode)"
+        emit state "$(cat /sys/block/vdb/bcache/state)"
+
+        dd if=/root/pattern.bin of="$dev" bs=64k oflag=direct conv=fsync 2>/dev/null
+        echo 3 > /proc/sys/vm/drop_caches
+        dd if="$dev" bs=64k count=4 iflag=direct 2>/dev/null > /tmp/readback
+        check readback cmp /tmp/readback /root/pattern.bin
+        emit sha256 "$(sha256sum < /tmp/readback | cut -d' ' -f1)"
+        section sysfs-ls ls /sys/fs/bcache/
+        dmesg_section register-dmesg register
+        "#,
+    );
+    eprintln!(
+        "first boot: {:.1} s in QEMU, initramfs built in {:.2} s, guest kernel {}",
+        first.elapsed.as_secs_f64(),
+        first.initramfs_build.as_secs_f64(),
+        first.kernel_release
+    );
+
+    assert_eq!(first.expect_value("uname"), vm.assets().release);
+    assert_eq!(first.expect_value("cache_serial"), "smoke-cache");
+    assert_eq!(first.expect_value("backing_serial"), "smoke-backing");
+    assert_eq!(first.expect_value("backing_lbs"), "4096");
+    assert_eq!(first.expect_value("bcache_dev"), "/dev/bcache0");
+    assert_eq!(first.expect_value("cset"), cset);
+    assert_eq!(first.expect_value("cache_mode"), "[writethrough] writeback writearound none");
+    assert_eq!(first.expect_value("state"), "clean");
+    assert!(first.section("sysfs-ls").lines().any(|l| l.trim() == cset), "cache set not in /sys/fs/bcache:\n{}", first.section("sysfs-ls"));
+    let reg = first.dmesg_since("register").expect("mark in dmesg");
+    assert!(reg.contains("bcache: register_bdev() registered backing device vdb"), "dmesg after register:\n{reg}");
+    assert!(reg.contains(&format!("Caching vdb as bcache0 on set {cset}")), "backing device not attached:\n{reg}");
+    assert_eq!(first.section("register-dmesg"), reg, "guest- and host-side dmesg_since differ");
+    assert!(first.stderr.contains("+ register /dev/vda /dev/vdb"), "no trace on stderr:\n{}", first.stderr);
+    assert!(!first.stdout.contains("+ register"), "trace leaked into stdout");
+
+    // Writethrough: the data is on the backing image, after the 8 KiB header.
+    assert_eq!(vm::read_at(&backing, DATA_OFFSET, PATTERN_LEN), data, "data not at byte {DATA_OFFSET} of the backing image");
+    assert_eq!(&vm::read_at(&backing, 4096 + 24, 16), &[0xc6, 0x85, 0x73, 0xf6, 0x4e, 0x1a, 0x45, 0xca, 0x82, 0x65, 0xf5, 0x7f, 0x48, 0xba, 0x6d, 0x81]);
+
+    // Second boot with the same images: the set and the data are still there.
+    let second = vm.run(
+        r#"
+        register /dev/vda /dev/vdb
+        dev=$(bcache_of /dev/vdb)
+        wait_for /sys/block/vdb/bcache/cache
+        emit cset "$(basename "$(readlink /sys/block/vdb/bcache/cache)")"
+        emit state "$(cat /sys/block/vdb/bcache/state)"
+        dd if="$dev" bs=64k count=4 iflag=direct 2>/dev/null > /tmp/readback
+        check readback-after-reboot cmp /tmp/readback /root/pattern.bin
+        "#,
+    );
+    eprintln!("second boot: {:.1} s in QEMU", second.elapsed.as_secs_f64());
+    assert_eq!(second.expect_value("cset"), cset);
+    assert_eq!(second.expect_value("state"), "clean");
+    second.assert_check("readback-after-reboot");
+}
+
+/// The harness must be able to fail: a failing command ends the scenario with its
+/// status, a failed check is seen, and the failing command shows in the trace.
+#[test]
+fn failures_are_reported() {
+    let out = Vm::new().run_unchecked(
+        r#"
+        check_eq will-fail a b
+        check will-pass true
+        emit before yes
+        false
+        emit after yes
+        "#,
+    );
+    assert_eq!(out.status, Some(1), "{}", out.report());
+    assert!(!out.ok());
+    assert_eq!(out.value("before"), Some("yes"));
+    assert_eq!(out.value("after"), None);
+    let checks = out.checks();
+    assert_eq!(checks.len(), 2, "{checks:?}");
+    assert!(!checks[0].passed && checks[0].name == "will-fail" && checks[0].detail.contains("expected 'a', got 'b'"));
+    assert!(checks[1].passed);
+    assert!(out.stderr.contains("+ false"), "{}", out.stderr);
+    assert!(out.stderr.contains("scenario failed with exit status 1"), "{}", out.stderr);
+    assert!(!out.dmesg.is_empty(), "no dmesg from the guest");
+}
