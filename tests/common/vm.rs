@@ -74,10 +74,37 @@ pub fn cache_dir() -> PathBuf {
 pub struct Assets {
     pub dir: PathBuf,
     pub kernel: PathBuf,
-    /// Module files in insmod order.
-    pub modules: Vec<PathBuf>,
+    /// All fetched modules, in an order that insmod accepts.
+    pub modules: Vec<Module>,
     /// `uname -r` of the guest, e.g. "6.12.117+deb12-amd64".
     pub release: String,
+}
+
+/// A fetched kernel module.
+#[derive(Clone, Debug)]
+pub struct Module {
+    /// Module name as the kernel spells it ('_', not '-'), e.g. "dm_mod".
+    pub name: String,
+    pub path: PathBuf,
+    /// Names of the modules it needs (its `depends=`).
+    pub depends: Vec<String>,
+}
+
+/// Modules loaded at every boot; the other fetched ones (ext4, xfs, ... which cost
+/// seconds to load under TCG) with [`Vm::module`] or the guest's `load_module NAME`.
+pub const DEFAULT_MODULES: &[&str] = &["virtio_blk", "dm_mod", "loop", "bcache"];
+
+fn module_name(s: &str) -> String {
+    s.trim_end_matches(".ko").replace('-', "_")
+}
+
+/// The `depends=` entry of a module's .modinfo section.
+fn module_depends(ko: &[u8]) -> Vec<String> {
+    let key = b"\0depends=";
+    let Some(pos) = ko.windows(key.len()).position(|w| w == key) else { return Vec::new() };
+    let rest = &ko[pos + key.len()..];
+    let end = rest.iter().position(|&b| b == 0).unwrap_or(rest.len());
+    String::from_utf8_lossy(&rest[..end]).split(',').filter(|s| !s.is_empty()).map(module_name).collect()
 }
 
 impl Assets {
@@ -97,14 +124,34 @@ impl Assets {
         }
         let order = fs::read_to_string(dir.join("modules/load-order")).map_err(|e| format!("{hint}: modules/load-order: {e}"))?;
         let mut modules = Vec::new();
-        for name in order.lines().map(str::trim).filter(|l| !l.is_empty()) {
-            let path = dir.join("modules").join(name);
-            if !path.is_file() {
-                return Err(format!("{hint}: no modules/{name}"));
-            }
-            modules.push(path);
+        for file in order.lines().map(str::trim).filter(|l| !l.is_empty()) {
+            let path = dir.join("modules").join(file);
+            let ko = fs::read(&path).map_err(|e| format!("{hint}: modules/{file}: {e}"))?;
+            modules.push(Module { name: module_name(file), depends: module_depends(&ko), path });
         }
         Ok(Assets { dir, kernel, modules, release })
+    }
+
+    /// `names` and everything they depend on, in load order. Panics on an unknown name.
+    pub fn module_closure(&self, names: &[String]) -> Vec<&Module> {
+        let mut want: Vec<String> = names.iter().map(|n| module_name(n)).collect();
+        let mut i = 0;
+        while i < want.len() {
+            let m = self.modules.iter().find(|m| m.name == want[i]).unwrap_or_else(|| {
+                panic!(
+                    "module {} is not among the fetched ones ({}); add it to WANTED in tests/vm/fetch-assets.sh and run it with --refresh",
+                    want[i],
+                    self.modules.iter().map(|m| m.name.as_str()).collect::<Vec<_>>().join(" ")
+                )
+            });
+            for d in &m.depends {
+                if !want.contains(d) {
+                    want.push(d.clone());
+                }
+            }
+            i += 1;
+        }
+        self.modules.iter().filter(|m| want.contains(&m.name)).collect()
     }
 }
 
@@ -208,6 +255,7 @@ pub struct Vm {
     timeout: Duration,
     trace: bool,
     kernel_args: Vec<String>,
+    modules: Vec<String>,
 }
 
 impl Default for Vm {
@@ -238,6 +286,7 @@ impl Vm {
             timeout,
             trace: std::env::var("BCACHE_VM_TRACE").map(|v| v != "0").unwrap_or(true),
             kernel_args: Vec::new(),
+            modules: DEFAULT_MODULES.iter().map(|s| s.to_string()).collect(),
         }
     }
 
@@ -337,6 +386,27 @@ impl Vm {
     /// `set -x` in the scenario (default on; the trace goes to stderr).
     pub fn trace(&mut self, on: bool) -> &mut Self {
         self.trace = on;
+        self
+    }
+
+    /// Load this module (and what it depends on) at boot, besides [`DEFAULT_MODULES`];
+    /// e.g. "ext4", "xfs". The scenario can also call `load_module NAME` itself.
+    pub fn module(&mut self, name: &str) -> &mut Self {
+        self.assets.module_closure(&[name.to_string()]);
+        self.modules.push(name.to_string());
+        self
+    }
+
+    /// Load every fetched module at boot.
+    pub fn all_modules(&mut self) -> &mut Self {
+        self.modules = self.assets.modules.iter().map(|m| m.name.clone()).collect();
+        self
+    }
+
+    /// Load only these modules (and their dependencies) at boot.
+    pub fn only_modules(&mut self, names: &[&str]) -> &mut Self {
+        self.modules = names.iter().map(|s| s.to_string()).collect();
+        self.assets.module_closure(&self.modules);
         self
     }
 
@@ -492,10 +562,15 @@ impl Vm {
             }
         }
 
+        // every fetched module is in the guest (for load_module); the boot set is loaded by /init
+        let mut deps = String::new();
         for m in &self.assets.modules {
-            fsys.node(&format!("/lib/modules/{}", m.file_name().unwrap().to_string_lossy()), Node::File(Source::Host(m.clone()), 0o644));
+            let file = m.path.file_name().unwrap().to_string_lossy();
+            fsys.node(&format!("/lib/modules/{file}"), Node::File(Source::Host(m.path.clone()), 0o644));
+            writeln!(deps, "{} {file} {}", m.name, m.depends.join(" ")).unwrap();
         }
-        let order: String = self.assets.modules.iter().map(|m| format!("{}\n", m.file_name().unwrap().to_string_lossy())).collect();
+        fsys.node("/lib/modules/deps", Node::File(Source::Bytes(deps.into_bytes()), 0o644));
+        let order: String = self.assets.module_closure(&self.modules).iter().map(|m| format!("{}\n", m.path.file_name().unwrap().to_string_lossy())).collect();
         fsys.node("/lib/modules/load-order", Node::File(Source::Bytes(order.into_bytes()), 0o644));
 
         if let Some(bin) = &self.bcache_binary {

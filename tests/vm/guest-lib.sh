@@ -29,14 +29,15 @@ emit() {
 begin() { echo "@@BEGIN $1"; }
 end() { echo "@@END $1"; }
 
-# section NAME CMD...: run CMD with its stdout (and stderr) inside section NAME.
-# Returns CMD's status, after closing the section.
+# section NAME CMD...: run CMD with its stdout inside section NAME (stderr stays
+# on stderr: add 2>&1 inside CMD to capture it). Returns CMD's status, after
+# closing the section.
 section() {
     _s=$1
     shift
     echo "@@BEGIN $_s"
     _rc=0
-    "$@" 2>&1 || _rc=$?
+    "$@" || _rc=$?
     echo "@@END $_s"
     return $_rc
 }
@@ -124,6 +125,22 @@ bcache_of() {
     wait_for "$_n" "${2:-$VM_WAIT_TIMEOUT}"
     echo "$_n"
 }
+
+# load_module NAME: insmod a fetched module and what it depends on, unless loaded.
+# (/init loads virtio_blk, dm_mod, loop and bcache; ext4 and xfs are here on demand.)
+load_module() (
+    set +x
+    _m=$(echo "$1" | tr - _)
+    [ -d "/sys/module/$_m" ] && [ -e "/sys/module/$_m/initstate" ] && exit 0
+    _line=$(grep "^$_m " /lib/modules/deps) || { echo "load_module: no module $1 in the guest" >&2; exit 1; }
+    set -- $_line
+    _file=$2
+    shift 2
+    for _d in "$@"; do
+        load_module "$_d"
+    done
+    insmod "/lib/modules/$_file"
+)
 
 # kmsg_mark NAME: put "@@MARK NAME" into the kernel log.
 kmsg_mark() {
