@@ -50,6 +50,7 @@ pub struct Device {
     is_block: bool,
     size: u64,
     logical_block_size: u32,
+    preferred_block_size: u32,
     rdev: u64,
 }
 
@@ -78,7 +79,7 @@ impl Device {
             }
         })?;
         let io_err = |what, source| DeviceError::Io { path: path.to_owned(), what, source };
-        let (size, logical_block_size) = if is_block {
+        let (size, logical_block_size, preferred_block_size) = if is_block {
             let mut size = 0u64;
             // SAFETY: BLKGETSIZE64 writes one u64 to the pointer.
             unsafe { blkgetsize64(file.as_raw_fd(), &mut size) }
@@ -87,11 +88,13 @@ impl Device {
             // SAFETY: BLKSSZGET writes one int to the pointer.
             unsafe { blksszget(file.as_raw_fd(), &mut lbs) }
                 .map_err(|e| io_err("BLKSSZGET", e.into()))?;
-            (size, lbs as u32)
+            (size, lbs as u32, lbs as u32)
         } else {
-            // An image has no logical block size; bcache-tools takes the
-            // file system's preferred I/O size, and so do we.
-            (meta.len(), meta.blksize() as u32)
+            // An image gets the logical block size of whatever device it
+            // is later attached as (a loop device's is 512 unless set);
+            // bcache-tools defaults its block size to the file system's
+            // preferred I/O size, and so do we.
+            (meta.len(), 512, meta.blksize() as u32)
         };
         Ok(Device {
             path: path.to_owned(),
@@ -99,6 +102,7 @@ impl Device {
             is_block,
             size,
             logical_block_size,
+            preferred_block_size,
             rdev: meta.rdev(),
         })
     }
@@ -116,9 +120,14 @@ impl Device {
     pub fn sectors(&self) -> u64 {
         self.size / 512
     }
-    /// Logical block size in bytes (a regular file's preferred I/O size).
+    /// Logical block size in bytes (512 for a regular file).
     pub fn logical_block_size(&self) -> u32 {
         self.logical_block_size
+    }
+    /// The block size a new superblock gets by default: the logical block
+    /// size, or a regular file's preferred I/O size.
+    pub fn preferred_block_size(&self) -> u32 {
+        self.preferred_block_size
     }
     /// The device number of a block device.
     pub fn rdev(&self) -> Option<u64> {

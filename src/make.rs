@@ -164,11 +164,12 @@ pub fn plan(targets: &[Target], opts: &MakeOptions, sysfs: &Sysfs) -> Result<Pla
         devices.push(dev);
     }
 
-    let max_lbs = devices.iter().map(|d| d.logical_block_size()).max().unwrap_or(512);
+    let max_lbs = devices.iter().map(|d| d.preferred_block_size()).max().unwrap_or(512);
     let block = match opts.block_sectors {
         Some(b) => b,
         None => {
-            let b = (max_lbs as u64 / 512).max(1);
+            // A file system may prefer large I/O; a block cannot exceed a page.
+            let b = (max_lbs as u64 / 512).clamp(1, PAGE_SECTORS);
             check_block(b, bucket)?;
             b
         }

@@ -5,9 +5,10 @@ use std::fmt::Write as _;
 
 use serde::Serialize;
 
-use crate::superblock::{BdevState, CacheMode, Replacement, Role, Superblock, SB_SECTOR};
+use crate::superblock::{BdevState, CacheMode, Replacement, Role, Superblock, Version, SB_SECTOR};
 
-/// Why the text report stopped early; bcache-super-show exits 2 for these.
+/// Why the text report stopped early, with bcache-super-show's message
+/// (for stderr) and exit status.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum ShowError {
     #[error("Invalid superblock (bad magic)")]
@@ -16,11 +17,29 @@ pub enum ShowError {
     BadSector,
     #[error("Corrupt superblock (bad csum)")]
     BadCsum,
+    /// A version 4 superblock with journal fields set: bcache-tools takes
+    /// it for an unreleased format and stops.
+    #[error("Possible experimental format detected, bailing")]
+    Experimental,
 }
 
-/// The report as bcache-super-show prints it. On a fatal problem the text
-/// printed so far comes with the error, as the C tool prints a partial
-/// report before giving up. `force_csum` (`-f`) lets a bad checksum pass.
+impl ShowError {
+    pub fn exit_code(self) -> u8 {
+        match self {
+            ShowError::Experimental => 3,
+            _ => 2,
+        }
+    }
+}
+
+/// The report as bcache-super-show 1.0.8 prints it, byte for byte. On a
+/// fatal problem the text printed so far comes with the error, as the C
+/// tool prints a partial report before giving up. `force_csum` (`-f`) lets
+/// a bad checksum pass.
+///
+/// Versions 5 and 6, which 1.0.8 does not know (it prints "[unknown]" and
+/// stops), are shown in full as cache and backing devices, with the real
+/// bucket size, as later bcache-tools do.
 pub fn text(sb: &Superblock, force_csum: bool) -> (String, Option<ShowError>) {
     let mut out = String::new();
     let err = write_text(&mut out, sb, force_csum).err();
@@ -35,7 +54,7 @@ fn write_text(o: &mut String, sb: &Superblock, force_csum: bool) -> Result<(), S
     o.push_str("sb.magic\t\tok\n");
     let _ = write!(o, "sb.first_sector\t\t{}", sb.offset);
     if sb.offset != SB_SECTOR {
-        let _ = writeln!(o, " [expected {SB_SECTOR}]");
+        let _ = writeln!(o, " [expected {SB_SECTOR}s]");
         return Err(ShowError::BadSector);
     }
     o.push_str(" [match]\n");
@@ -43,6 +62,8 @@ fn write_text(o: &mut String, sb: &Superblock, force_csum: bool) -> Result<(), S
     match sb.expected_csum() {
         Some(c) if c == sb.csum => o.push_str(" [match]\n"),
         expected => {
+            // Past 256 journal slots there is no honest checksum; bcache-tools
+            // prints whatever memory follows, we print 0.
             let _ = writeln!(o, " [expected {:X}]", expected.unwrap_or(0));
             if !force_csum {
                 return Err(ShowError::BadCsum);
@@ -50,11 +71,14 @@ fn write_text(o: &mut String, sb: &Superblock, force_csum: bool) -> Result<(), S
         }
     }
     let _ = write!(o, "sb.version\t\t{}", sb.version);
-    match sb.role() {
-        Some(Role::Backing) => o.push_str(" [backing device]\n"),
-        Some(Role::Cache) => o.push_str(" [cache device]\n"),
-        None => o.push_str(" [unknown]\n"),
-    }
+    let Some(role) = sb.role() else {
+        o.push_str(" [unknown]\n");
+        return Ok(());
+    };
+    o.push_str(match role {
+        Role::Backing => " [backing device]\n",
+        Role::Cache => " [cache device]\n",
+    });
     o.push('\n');
     o.push_str("dev.label\t\t");
     if sb.label_bytes().is_empty() {
@@ -65,39 +89,42 @@ fn write_text(o: &mut String, sb: &Superblock, force_csum: bool) -> Result<(), S
     o.push('\n');
     let _ = writeln!(o, "dev.uuid\t\t{}", sb.uuid.hyphenated());
     let _ = writeln!(o, "dev.sectors_per_block\t{}", sb.block_size);
-    let _ = writeln!(o, "dev.sectors_per_bucket\t{}", sb.bucket_size);
-    if sb.role() == Some(Role::Backing) {
-        let _ = writeln!(o, "dev.data.first_sector\t{}", sb.data_offset());
-        let mode = sb.cache_mode_raw();
-        let _ = write!(o, "dev.data.cache_mode\t{mode}");
-        match sb.cache_mode() {
-            Some(m) => {
-                let _ = writeln!(o, " [{}]", m.name());
+    let bucket = sb.bucket_sectors();
+    let _ = writeln!(o, "dev.sectors_per_bucket\t{bucket}");
+    match role {
+        Role::Backing => {
+            if sb.version == Version::BdevWithOffset as u64 && (sb.keys == 1 || sb.d[0] != 0) {
+                return Err(ShowError::Experimental);
             }
-            None => o.push('\n'),
+            let _ = writeln!(o, "dev.data.first_sector\t{}", sb.data_offset());
+            let _ = write!(o, "dev.data.cache_mode\t{}", sb.cache_mode_raw());
+            match sb.cache_mode() {
+                Some(CacheMode::None) => o.push_str(" [no caching]\n"),
+                Some(m) => {
+                    let _ = writeln!(o, " [{}]", m.name());
+                }
+                None => o.push('\n'),
+            }
+            let state = sb.state();
+            let _ = writeln!(o, "dev.data.cache_state\t{} [{}]", state as u64, state_name(state));
         }
-        let state = sb.state();
-        let _ = writeln!(o, "dev.data.cache_state\t{} [{}]", state as u64, state_name(state));
-    } else {
-        let bucket = sb.bucket_size as u64;
-        let nbuckets = sb.nbuckets();
-        let first = bucket * sb.first_bucket as u64;
-        let _ = writeln!(o, "dev.cache.first_sector\t{first}");
-        let _ = writeln!(
-            o,
-            "dev.cache.cache_sectors\t{}",
-            (bucket * nbuckets).wrapping_sub(first)
-        );
-        let _ = writeln!(o, "dev.cache.total_sectors\t{}", bucket * nbuckets);
-        let _ = writeln!(o, "dev.cache.ordered\t{}", yes_no(sb.cache_sync()));
-        let _ = writeln!(o, "dev.cache.discard\t{}", yes_no(sb.discard()));
-        let _ = writeln!(o, "dev.cache.pos\t\t{}", sb.nr_this_dev);
-        let _ = write!(o, "dev.cache.replacement\t{}", sb.replacement_raw());
-        match sb.replacement() {
-            Some(r) => {
-                let _ = writeln!(o, " [{}]", r.name());
+        Role::Cache => {
+            // bcache-tools' arithmetic, wrapping as its unsigned types do.
+            let first = bucket.wrapping_mul(sb.first_bucket as u64);
+            let total = bucket.wrapping_mul(sb.nbuckets());
+            let _ = writeln!(o, "dev.cache.first_sector\t{first}");
+            let _ = writeln!(o, "dev.cache.cache_sectors\t{}", total.wrapping_sub(first));
+            let _ = writeln!(o, "dev.cache.total_sectors\t{total}");
+            let _ = writeln!(o, "dev.cache.ordered\t{}", yes_no(sb.cache_sync()));
+            let _ = writeln!(o, "dev.cache.discard\t{}", yes_no(sb.discard()));
+            let _ = writeln!(o, "dev.cache.pos\t\t{}", sb.nr_this_dev);
+            let _ = write!(o, "dev.cache.replacement\t{}", sb.replacement_raw());
+            match sb.replacement() {
+                Some(r) => {
+                    let _ = writeln!(o, " [{}]", r.name());
+                }
+                None => o.push('\n'),
             }
-            None => o.push('\n'),
         }
     }
     o.push('\n');
@@ -123,14 +150,16 @@ fn state_name(s: BdevState) -> &'static str {
     }
 }
 
-/// Labels print as is where the byte is a safe character, and as `%xx`
-/// otherwise, so a label never breaks the line-oriented format.
+/// Labels print as is where the byte is alphanumeric or one of `.-_`, and
+/// as `%` and hex otherwise, so a label never breaks the line format. The
+/// hex is that of the byte as a C `char` widened to `int` (bytes from 0x80
+/// print as `%ffffff80`...), as consumers of bcache-tools' output see it.
 fn encode_label(o: &mut String, label: &[u8]) {
     for &c in label {
         if c.is_ascii_alphanumeric() || b"-_.".contains(&c) {
             o.push(c as char);
         } else {
-            let _ = write!(o, "%{c:x}");
+            let _ = write!(o, "%{:x}", c as i8 as i32);
         }
     }
 }

@@ -19,8 +19,10 @@ pub const SB_START: u64 = SB_SECTOR * 512;
 /// Bytes written for a superblock: the kernel and bcache-tools write a whole
 /// 4 KiB block, zero padded.
 pub const SB_BLOCK_LEN: usize = 4096;
-/// Bytes of `struct cache_sb_disk` that carry meaning.
-pub const SB_LEN: usize = 2258;
+/// Bytes of `struct cache_sb_disk` up to the journal table's end: all a
+/// reader needs (bcache-tools reads and writes no more). The one field past
+/// it, `obso_bucket_size_hi`, reads as zero when absent.
+pub const SB_LEN: usize = 2256;
 /// Bytes a reader needs: one block at [`SB_START`].
 pub const SB_READ_LEN: usize = SB_BLOCK_LEN;
 /// The bcache magic, at byte 24 of the superblock.
@@ -376,7 +378,7 @@ impl Superblock {
             first_bucket: le16(b, 204),
             keys: le16(b, 206),
             d,
-            obso_bucket_size_hi: le16(b, 2256),
+            obso_bucket_size_hi: if b.len() >= 2258 { le16(b, 2256) } else { 0 },
         })
     }
 
@@ -707,29 +709,23 @@ impl Superblock {
         }
     }
 
-    /// Stores a bucket size; one beyond 16 bits is stored as its log2
-    /// under the LOG_LARGE_BUCKET_SIZE feature, which needs a feature
-    /// version. Returns whether the feature was needed.
-    fn store_bucket(&mut self, bucket_sectors: u64) -> bool {
-        match u16::try_from(bucket_sectors) {
-            Ok(b) => {
-                self.bucket_size = b;
-                false
-            }
-            Err(_) => {
-                self.bucket_size = bucket_sectors.trailing_zeros() as u16;
-                self.feature_incompat |= FEATURE_INCOMPAT_LOG_LARGE_BUCKET_SIZE;
-                true
-            }
-        }
-    }
-
     /// A sealed cache superblock as bcache-tools writes it: no journal yet,
     /// one device in its set, the first bucket past the superblock.
     pub fn new_cache(p: &CacheParams) -> Superblock {
         let mut sb = Superblock::blank(p.uuid, p.set_uuid, &p.label, p.block_sectors);
-        let large = sb.store_bucket(p.bucket_sectors);
-        sb.version = if large { Version::CdevWithFeatures } else { Version::Cdev } as u64;
+        // Version 0, as bcache-tools writes; a bucket beyond 16 bits is
+        // stored as its log2 under a feature, which needs version 5.
+        match u16::try_from(p.bucket_sectors) {
+            Ok(b) => {
+                sb.version = Version::Cdev as u64;
+                sb.bucket_size = b;
+            }
+            Err(_) => {
+                sb.version = Version::CdevWithFeatures as u64;
+                sb.bucket_size = p.bucket_sectors.trailing_zeros() as u16;
+                sb.feature_incompat = FEATURE_INCOMPAT_LOG_LARGE_BUCKET_SIZE;
+            }
+        }
         sb.nbuckets_or_data_offset = p.device_sectors / p.bucket_sectors;
         sb.nr_in_set = 1;
         sb.nr_this_dev = 0;
@@ -743,18 +739,16 @@ impl Superblock {
     }
 
     /// A sealed backing superblock: version 1 when the data starts at the
-    /// default offset, version 4 otherwise, version 6 for a large bucket.
+    /// default offset, version 4 otherwise. The kernel ignores a backing
+    /// device's bucket size; it is recorded when it fits 16 bits, as
+    /// bcache-tools does, and left zero otherwise.
     pub fn new_backing(p: &BackingParams) -> Superblock {
         let mut sb = Superblock::blank(p.uuid, p.set_uuid, &p.label, p.block_sectors);
-        let large = sb.store_bucket(p.bucket_sectors);
-        sb.version = if large {
-            Version::BdevWithFeatures
-        } else if p.data_offset != BDEV_DATA_START_DEFAULT {
-            Version::BdevWithOffset
+        sb.bucket_size = u16::try_from(p.bucket_sectors).unwrap_or(0);
+        if p.data_offset == BDEV_DATA_START_DEFAULT {
+            sb.version = Version::Bdev as u64;
         } else {
-            Version::Bdev
-        } as u64;
-        if sb.version != Version::Bdev as u64 {
+            sb.version = Version::BdevWithOffset as u64;
             sb.nbuckets_or_data_offset = p.data_offset;
         }
         sb.set_cache_mode(p.cache_mode);

@@ -129,21 +129,26 @@ pub fn run(args: &MakeArgs, m: &ArgMatches) -> anyhow::Result<Outcome> {
     Ok(Outcome::Ok)
 }
 
-/// What was written, in make-bcache's format.
+/// What was written, in bcache-tools 1.1's format.
 fn print_summary(path: &str, sb: &Superblock) {
-    println!("{path}:");
+    let label = String::from_utf8_lossy(sb.label_bytes());
+    let kind = if sb.role() == Some(Role::Cache) { "cache" } else { "data" };
+    println!("Name\t\t\t{path}");
+    println!("Label\t\t\t{label}");
+    println!("Type\t\t\t{kind}");
     println!("UUID:\t\t\t{}", sb.uuid.hyphenated());
     println!("Set UUID:\t\t{}", sb.set_uuid.hyphenated());
     println!("version:\t\t{}", sb.version);
     if sb.role() == Some(Role::Cache) {
         println!("nbuckets:\t\t{}", sb.nbuckets());
-        println!("block_size:\t\t{}", sb.block_size);
-        println!("bucket_size:\t\t{}", sb.bucket_sectors());
+        println!("block_size_in_sectors:\t{}", sb.block_size);
+        println!("bucket_size_in_sectors:\t{}", sb.bucket_sectors());
         println!("nr_in_set:\t\t{}", sb.nr_in_set);
         println!("nr_this_dev:\t\t{}", sb.nr_this_dev);
         println!("first_bucket:\t\t{}", sb.first_bucket);
     } else {
-        println!("block_size:\t\t{}", sb.block_size);
-        println!("data_offset:\t\t{}", sb.data_offset());
+        println!("block_size_in_sectors:\t{}", sb.block_size);
+        println!("data_offset_in_sectors:\t{}", sb.data_offset());
     }
+    println!();
 }

@@ -126,12 +126,12 @@ fn run(applet: Applet, matches: &ArgMatches) -> anyhow::Result<Outcome> {
     match applet {
         Applet::MakeBcache(a) => make::run(&a, leaf),
         Applet::BcacheSuperShow(a) => show::run(&a),
-        Applet::ProbeBcache(a) => probe::run(&a),
+        Applet::ProbeBcache(a) => probe::run(&a, true),
         Applet::BcacheRegister(a) => kernel::register(&a),
         Applet::Bcache(Bcache { command }) => match command {
             Command::Make(a) => make::run(&a, leaf),
             Command::SuperShow(a) => show::run(&a),
-            Command::Probe(a) => probe::run(&a),
+            Command::Probe(a) => probe::run(&a, false),
             Command::Register(a) => kernel::register(&a),
             Command::Unregister(a) => kernel::unregister(&a),
             Command::Attach(a) => kernel::attach(&a),

@@ -1,7 +1,7 @@
 use std::io::Write;
 use std::path::PathBuf;
 
-use bcache::device::{Access, Device};
+use bcache::device::{Access, Device, DeviceError};
 use bcache::show;
 
 use super::Outcome;
@@ -25,8 +25,22 @@ pub struct ShowArgs {
 }
 
 pub fn run(args: &ShowArgs) -> anyhow::Result<Outcome> {
-    let sb = Device::open(&args.device, Access::Read)?.read_superblock()?;
     let mut stdout = std::io::stdout().lock();
+    // bcache-tools' messages and statuses, which scripts check.
+    let device = match Device::open(&args.device, Access::Read) {
+        Ok(d) => d,
+        Err(e) => {
+            writeln!(stdout, "Can't open dev {}: {}", args.device.display(), os_reason(&e))?;
+            return Ok(Outcome::Exit(2));
+        }
+    };
+    let sb = match device.read_superblock() {
+        Ok(sb) => sb,
+        Err(_) => {
+            eprintln!("Couldn't read");
+            return Ok(Outcome::Exit(2));
+        }
+    };
     if args.json {
         serde_json::to_writer_pretty(&mut stdout, &show::Report::new(&sb))?;
         writeln!(stdout)?;
@@ -39,7 +53,19 @@ pub fn run(args: &ShowArgs) -> anyhow::Result<Outcome> {
         None => Ok(Outcome::Ok),
         Some(e) => {
             eprintln!("{e}");
-            Ok(Outcome::Exit(2))
+            Ok(Outcome::Exit(e.exit_code()))
         }
+    }
+}
+
+/// The bare system error text ("No such file or directory"), as C's
+/// strerror gives it.
+fn os_reason(e: &DeviceError) -> String {
+    match e {
+        DeviceError::Open { source, .. } | DeviceError::Io { source, .. } => match source.raw_os_error() {
+            Some(n) => nix::errno::Errno::from_raw(n).desc().to_owned(),
+            None => source.to_string(),
+        },
+        other => other.to_string(),
     }
 }

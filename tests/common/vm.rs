@@ -88,6 +88,11 @@ pub struct Module {
     pub path: PathBuf,
     /// Names of the modules it needs (its `depends=`).
     pub depends: Vec<String>,
+    /// Names or aliases it wants loaded first (`softdep=pre: ...`, e.g. "crypto-crc32c":
+    /// libcrc32c fails with ENOENT without a crc32c implementation).
+    pub softdeps: Vec<String>,
+    /// Its `alias=` entries.
+    pub aliases: Vec<String>,
 }
 
 /// Modules loaded at every boot; the other fetched ones (ext4, xfs, ... which cost
@@ -98,13 +103,37 @@ fn module_name(s: &str) -> String {
     s.trim_end_matches(".ko").replace('-', "_")
 }
 
-/// The `depends=` entry of a module's .modinfo section.
-fn module_depends(ko: &[u8]) -> Vec<String> {
-    let key = b"\0depends=";
-    let Some(pos) = ko.windows(key.len()).position(|w| w == key) else { return Vec::new() };
-    let rest = &ko[pos + key.len()..];
-    let end = rest.iter().position(|&b| b == 0).unwrap_or(rest.len());
-    String::from_utf8_lossy(&rest[..end]).split(',').filter(|s| !s.is_empty()).map(module_name).collect()
+/// The values of `key=` entries in a module's .modinfo section.
+fn modinfo(ko: &[u8], key: &str) -> Vec<String> {
+    let needle = format!("\0{key}=");
+    let needle = needle.as_bytes();
+    let mut found = Vec::new();
+    let mut from = 0;
+    while let Some(pos) = ko[from..].windows(needle.len()).position(|w| w == needle) {
+        let start = from + pos + needle.len();
+        let end = ko[start..].iter().position(|&b| b == 0).map_or(ko.len(), |e| start + e);
+        found.push(String::from_utf8_lossy(&ko[start..end]).into_owned());
+        from = end;
+    }
+    found
+}
+
+fn parse_module(path: PathBuf, ko: &[u8]) -> Module {
+    let name = module_name(&path.file_name().unwrap().to_string_lossy());
+    let depends = modinfo(ko, "depends").iter().flat_map(|d| d.split(',')).filter(|s| !s.is_empty()).map(module_name).collect();
+    let mut softdeps = Vec::new();
+    for sd in modinfo(ko, "softdep") {
+        let mut pre = false;
+        for tok in sd.split_whitespace() {
+            match tok {
+                "pre:" => pre = true,
+                "post:" => pre = false,
+                t if pre => softdeps.push(t.to_string()),
+                _ => {}
+            }
+        }
+    }
+    Module { name, path, depends, softdeps, aliases: modinfo(ko, "alias") }
 }
 
 impl Assets {
@@ -127,31 +156,55 @@ impl Assets {
         for file in order.lines().map(str::trim).filter(|l| !l.is_empty()) {
             let path = dir.join("modules").join(file);
             let ko = fs::read(&path).map_err(|e| format!("{hint}: modules/{file}: {e}"))?;
-            modules.push(Module { name: module_name(file), depends: module_depends(&ko), path });
+            modules.push(parse_module(path, &ko));
         }
         Ok(Assets { dir, kernel, modules, release })
     }
 
-    /// `names` and everything they depend on, in load order. Panics on an unknown name.
+    /// The fetched module called (or aliased) `name`.
+    pub fn module(&self, name: &str) -> Option<&Module> {
+        let n = module_name(name);
+        self.modules.iter().find(|m| m.name == n).or_else(|| self.modules.iter().find(|m| m.aliases.iter().any(|a| a == name)))
+    }
+
+    /// What `m` needs loaded before it: its dependencies and the soft
+    /// dependencies that a fetched module provides.
+    pub fn prerequisites(&self, m: &Module) -> Vec<&Module> {
+        let mut pre: Vec<&Module> = m
+            .depends
+            .iter()
+            .map(|d| self.module(d).unwrap_or_else(|| panic!("module {} needs {d}, which was not fetched (see WANTED in tests/vm/fetch-assets.sh)", m.name)))
+            .collect();
+        pre.extend(m.softdeps.iter().filter_map(|s| self.module(s)));
+        pre
+    }
+
+    /// `names` and everything they need, in an order insmod accepts. Panics on an
+    /// unknown name.
     pub fn module_closure(&self, names: &[String]) -> Vec<&Module> {
-        let mut want: Vec<String> = names.iter().map(|n| module_name(n)).collect();
-        let mut i = 0;
-        while i < want.len() {
-            let m = self.modules.iter().find(|m| m.name == want[i]).unwrap_or_else(|| {
+        fn visit<'a>(a: &'a Assets, m: &'a Module, out: &mut Vec<&'a Module>, stack: &mut Vec<String>) {
+            if out.iter().any(|o| o.name == m.name) {
+                return;
+            }
+            assert!(!stack.contains(&m.name), "module dependency cycle through {}", m.name);
+            stack.push(m.name.clone());
+            for p in a.prerequisites(m) {
+                visit(a, p, out, stack);
+            }
+            stack.pop();
+            out.push(m);
+        }
+        let mut out = Vec::new();
+        for n in names {
+            let m = self.module(n).unwrap_or_else(|| {
                 panic!(
-                    "module {} is not among the fetched ones ({}); add it to WANTED in tests/vm/fetch-assets.sh and run it with --refresh",
-                    want[i],
+                    "module {n} is not among the fetched ones ({}); add it to WANTED in tests/vm/fetch-assets.sh and run that with --refresh",
                     self.modules.iter().map(|m| m.name.as_str()).collect::<Vec<_>>().join(" ")
                 )
             });
-            for d in &m.depends {
-                if !want.contains(d) {
-                    want.push(d.clone());
-                }
-            }
-            i += 1;
+            visit(self, m, &mut out, &mut Vec::new());
         }
-        self.modules.iter().filter(|m| want.contains(&m.name)).collect()
+        out
     }
 }
 
@@ -567,7 +620,8 @@ impl Vm {
         for m in &self.assets.modules {
             let file = m.path.file_name().unwrap().to_string_lossy();
             fsys.node(&format!("/lib/modules/{file}"), Node::File(Source::Host(m.path.clone()), 0o644));
-            writeln!(deps, "{} {file} {}", m.name, m.depends.join(" ")).unwrap();
+            let pre: Vec<&str> = self.assets.prerequisites(m).iter().map(|p| p.name.as_str()).collect();
+            writeln!(deps, "{} {file} {}", m.name, pre.join(" ")).unwrap();
         }
         fsys.node("/lib/modules/deps", Node::File(Source::Bytes(deps.into_bytes()), 0o644));
         let order: String = self.assets.module_closure(&self.modules).iter().map(|m| format!("{}\n", m.path.file_name().unwrap().to_string_lossy())).collect();
