@@ -7,6 +7,7 @@ use std::os::unix::fs::{FileExt, FileTypeExt, MetadataExt, OpenOptionsExt};
 use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
 
+use crate::os_error_text;
 use crate::superblock::{DeviceGeometry, ShortRead, Superblock, SB_BLOCK_LEN, SB_START};
 
 nix::ioctl_read!(blkgetsize64, 0x12, 114, u64);
@@ -18,16 +19,16 @@ type libc_int = std::ffi::c_int;
 /// Failures of device access, each naming the device.
 #[derive(Debug, thiserror::Error)]
 pub enum DeviceError {
-    #[error("{path}: {source}")]
-    Open { path: PathBuf, source: io::Error },
+    #[error("{path}: {}", os_error_text(.error))]
+    Open { path: PathBuf, error: io::Error },
     #[error("{path}: device is in use (mounted, held by device-mapper, md or bcache, or opened exclusively)")]
     Busy { path: PathBuf },
     #[error("{path}: not a block device or regular file")]
     NotADevice { path: PathBuf },
-    #[error("{path}: {what}: {source}")]
-    Io { path: PathBuf, what: &'static str, source: io::Error },
-    #[error("{path}: {source}")]
-    Short { path: PathBuf, source: ShortRead },
+    #[error("{path}: {what}: {}", os_error_text(.error))]
+    Io { path: PathBuf, what: &'static str, error: io::Error },
+    #[error("{path}: {error}")]
+    Short { path: PathBuf, error: ShortRead },
     #[error("{path}: cannot probe for signatures: {msg}")]
     Probe { path: PathBuf, msg: String },
 }
@@ -57,7 +58,7 @@ pub struct Device {
 impl Device {
     pub fn open(path: &Path, access: Access) -> Result<Device, DeviceError> {
         let meta = std::fs::metadata(path)
-            .map_err(|source| DeviceError::Open { path: path.to_owned(), source })?;
+            .map_err(|error| DeviceError::Open { path: path.to_owned(), error })?;
         let ft = meta.file_type();
         let is_block = ft.is_block_device();
         if !is_block && !ft.is_file() {
@@ -71,14 +72,14 @@ impl Device {
                 opts.custom_flags(nix::libc::O_EXCL);
             }
         }
-        let file = opts.open(path).map_err(|source| {
-            if source.raw_os_error() == Some(nix::libc::EBUSY) {
+        let file = opts.open(path).map_err(|error| {
+            if error.raw_os_error() == Some(nix::libc::EBUSY) {
                 DeviceError::Busy { path: path.to_owned() }
             } else {
-                DeviceError::Open { path: path.to_owned(), source }
+                DeviceError::Open { path: path.to_owned(), error }
             }
         })?;
-        let io_err = |what, source| DeviceError::Io { path: path.to_owned(), what, source };
+        let io_err = |what, error| DeviceError::Io { path: path.to_owned(), what, error };
         let (size, logical_block_size, preferred_block_size) = if is_block {
             let mut size = 0u64;
             // SAFETY: BLKGETSIZE64 writes one u64 to the pointer.
@@ -137,8 +138,8 @@ impl Device {
         DeviceGeometry { logical_block_size: self.logical_block_size, sectors: self.sectors() }
     }
 
-    fn io_err(&self, what: &'static str, source: io::Error) -> DeviceError {
-        DeviceError::Io { path: self.path.clone(), what, source }
+    fn io_err(&self, what: &'static str, error: io::Error) -> DeviceError {
+        DeviceError::Io { path: self.path.clone(), what, error }
     }
 
     /// Reads the 4 KiB block where a superblock lives.
@@ -161,7 +162,7 @@ impl Device {
     pub fn read_superblock(&self) -> Result<Superblock, DeviceError> {
         let block = self.read_superblock_block()?;
         Superblock::parse(&block)
-            .map_err(|source| DeviceError::Short { path: self.path.clone(), source })
+            .map_err(|error| DeviceError::Short { path: self.path.clone(), error })
     }
 
     /// Writes a superblock the way bcache-tools does: the first 4 KiB

@@ -9,3 +9,12 @@ pub mod show;
 pub mod superblock;
 pub mod units;
 pub mod sysfs;
+
+/// The system's text for an I/O error ("No such file or directory"),
+/// without Rust's "(os error N)" suffix: what C tools print.
+pub fn os_error_text(e: &std::io::Error) -> String {
+    match e.raw_os_error() {
+        Some(n) => nix::errno::Errno::from_raw(n).desc().to_owned(),
+        None => e.to_string(),
+    }
+}

@@ -10,6 +10,8 @@ use std::path::{Path, PathBuf};
 
 use uuid::Uuid;
 
+use crate::os_error_text;
+
 /// Failures talking to the kernel, with the reason in the words an
 /// operator needs.
 #[derive(Debug, thiserror::Error)]
@@ -22,13 +24,13 @@ pub enum SysfsError {
     Busy { dev: String },
     #[error("{dev}: the kernel refused it: {reason}")]
     Refused { dev: String, reason: String },
-    #[error("{dev}: {what} failed: {source}")]
-    Write { dev: String, what: String, source: io::Error },
+    #[error("{dev}: {what} failed: {}", os_error_text(.error))]
+    Write { dev: String, what: String, error: io::Error },
     #[error("{dev}: not registered with bcache (no {path})")]
     NotRegistered { dev: String, path: PathBuf },
     #[error("no cache set {0} is registered")]
     NoSuchSet(Uuid),
-    #[error("{0}: {1}")]
+    #[error("{}: {}", .0.display(), os_error_text(.1))]
     Io(PathBuf, io::Error),
 }
 
@@ -104,7 +106,7 @@ impl Sysfs {
                 (_, Some("device busy")) => SysfsError::Busy { dev: dev.to_owned() },
                 (Some(nix::libc::EBUSY), None) => SysfsError::Busy { dev: dev.to_owned() },
                 (_, Some(r)) => SysfsError::Refused { dev: dev.to_owned(), reason: r.to_owned() },
-                (_, None) => SysfsError::Write { dev: dev.to_owned(), what: "register".into(), source: e },
+                (_, None) => SysfsError::Write { dev: dev.to_owned(), what: "register".into(), error: e },
             }
         })
     }
@@ -141,10 +143,10 @@ impl Sysfs {
 
     /// Writes one attribute, naming `dev` and the action on failure.
     pub fn write(&self, dev: &str, file: &Path, value: &str) -> Result<(), SysfsError> {
-        write_attr(file, value).map_err(|source| SysfsError::Write {
+        write_attr(file, value).map_err(|error| SysfsError::Write {
             dev: dev.to_owned(),
             what: format!("writing '{value}' to {}", file.display()),
-            source,
+            error,
         })
     }
 

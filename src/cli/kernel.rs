@@ -45,7 +45,6 @@ pub struct AttachArgs {
     bdev: PathBuf,
 }
 
-/// A registered device.
 #[derive(clap::Args, Debug)]
 pub struct DevArgs {
     /// A backing device, or (for stop) a cache device whose set to stop.

@@ -58,15 +58,15 @@ pub struct MakeArgs {
     /// Cache devices discard buckets before reuse.
     #[arg(long)]
     discard: bool,
-    /// Cache replacement policy.
+    /// Cache replacement policy: lru, fifo or random.
     #[arg(
         long = "cache-replacement-policy",
         alias = "cache_replacement_policy",
         value_name = "POLICY",
-        value_parser = ["lru", "fifo", "random"],
+        value_parser = parse_policy,
         default_value = "lru"
     )]
-    cache_replacement_policy: String,
+    cache_replacement_policy: Replacement,
     /// Overwrite an existing bcache superblock.
     #[arg(long = "wipe-bcache", alias = "wipe_bcache")]
     wipe_bcache: bool,
@@ -77,6 +77,10 @@ pub struct MakeArgs {
     /// Label (at most 31 bytes), shown in /dev/bcache/by-label.
     #[arg(short = 'l', long, value_name = "LABEL", default_value = "")]
     label: String,
+}
+
+fn parse_policy(s: &str) -> Result<Replacement, String> {
+    s.parse()
 }
 
 /// The role of each device from the order of -C, -B and the devices on
@@ -113,10 +117,7 @@ pub fn run(args: &MakeArgs, m: &ArgMatches) -> anyhow::Result<Outcome> {
         uuid: args.uuid,
         writeback: args.writeback,
         discard: args.discard,
-        replacement: args
-            .cache_replacement_policy
-            .parse::<Replacement>()
-            .map_err(anyhow::Error::msg)?,
+        replacement: args.cache_replacement_policy,
         label: Label::new(&args.label).context("--label")?,
         wipe_bcache: args.wipe_bcache,
         force: args.force,

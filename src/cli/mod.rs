@@ -39,7 +39,6 @@ pub enum Applet {
 #[derive(clap::Args, Debug)]
 #[command(
     version,
-    about,
     after_help = "Each command has its own --help. As make-bcache, bcache-super-show, probe-bcache \
                   or bcache-register (a link to this binary) it behaves like that bcache-tools command."
 )]
@@ -56,7 +55,11 @@ pub enum Command {
     Register(kernel::RegisterArgs),
     Unregister(kernel::UnregisterArgs),
     Attach(kernel::AttachArgs),
+    /// Detach a backing device from its cache set, after writing back its
+    /// dirty data.
     Detach(kernel::DevArgs),
+    /// Stop a backing device (/dev/bcacheN goes away), or the cache set of a
+    /// cache device.
     Stop(kernel::DevArgs),
     Run(kernel::RunArgs),
     #[command(hide = true)]
@@ -87,8 +90,14 @@ pub fn main() -> ExitCode {
     if name != "bcache" && !LEGACY_NAMES.contains(&name.as_str()) {
         args[0] = "bcache".into();
     }
-    let matches = Applet::command().get_matches_from(&args);
-    let applet = Applet::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
+    let matches = match Applet::command().try_get_matches_from(&args) {
+        Ok(m) => m,
+        Err(e) => return usage_error(&name, e),
+    };
+    let applet = match Applet::from_arg_matches(&matches) {
+        Ok(a) => a,
+        Err(e) => return usage_error(&name, e),
+    };
     let prog = display_name(&matches);
     match run(applet, &matches) {
         Ok(Outcome::Ok) => ExitCode::SUCCESS,
@@ -98,6 +107,21 @@ pub fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// Help and version go out as clap renders them; a usage error becomes one
+/// line, like every other error, so scripts and logs get one line per
+/// failure.
+fn usage_error(prog: &str, e: clap::Error) -> ExitCode {
+    use clap::error::ErrorKind::*;
+    if matches!(e.kind(), DisplayHelp | DisplayVersion | DisplayHelpOnMissingArgumentOrSubcommand) {
+        e.exit();
+    }
+    let text = e.render().to_string();
+    let first = text.lines().next().unwrap_or("invalid arguments");
+    let msg = first.strip_prefix("error: ").unwrap_or(first);
+    eprintln!("{prog}: {msg} (see --help)");
+    ExitCode::from(2)
 }
 
 /// "make-bcache" or "bcache make": how error messages name the program.

@@ -62,10 +62,7 @@ pub fn run(args: &ShowArgs) -> anyhow::Result<Outcome> {
 /// strerror gives it.
 fn os_reason(e: &DeviceError) -> String {
     match e {
-        DeviceError::Open { source, .. } | DeviceError::Io { source, .. } => match source.raw_os_error() {
-            Some(n) => nix::errno::Errno::from_raw(n).desc().to_owned(),
-            None => source.to_string(),
-        },
+        DeviceError::Open { error, .. } | DeviceError::Io { error, .. } => bcache::os_error_text(error),
         other => other.to_string(),
     }
 }
