@@ -26,11 +26,12 @@ use super::Outcome;
     bcache make -C /dev/sdd --bucket 2M --discard")]
 pub struct MakeArgs {
     /// Format the devices that follow as cache devices.
-    #[arg(short = 'C', long = "cache", action = ArgAction::Count)]
-    cache: u8,
+    // Append (not Count) keeps the position of every occurrence.
+    #[arg(short = 'C', long = "cache", action = ArgAction::Append, num_args = 0, default_missing_value = "true")]
+    cache: Vec<bool>,
     /// Format the devices that follow as backing devices.
-    #[arg(short = 'B', long = "bdev", action = ArgAction::Count)]
-    bdev: u8,
+    #[arg(short = 'B', long = "bdev", action = ArgAction::Append, num_args = 0, default_missing_value = "true")]
+    bdev: Vec<bool>,
     /// Devices to format, each in the role of the last -C or -B before it.
     #[arg(value_name = "DEVICE")]
     devices: Vec<PathBuf>,

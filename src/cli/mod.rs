@@ -92,11 +92,11 @@ pub fn main() -> ExitCode {
     }
     let matches = match Applet::command().try_get_matches_from(&args) {
         Ok(m) => m,
-        Err(e) => return usage_error(&name, e),
+        Err(e) => return usage_error(&usage_name(&name, &args), e),
     };
     let applet = match Applet::from_arg_matches(&matches) {
         Ok(a) => a,
-        Err(e) => return usage_error(&name, e),
+        Err(e) => return usage_error(&usage_name(&name, &args), e),
     };
     let prog = display_name(&matches);
     match run(applet, &matches) {
@@ -106,6 +106,18 @@ pub fn main() -> ExitCode {
             eprintln!("{prog}: {e:#}");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// The program as a usage error names it: "bcache make" when the first
+/// argument names a command.
+fn usage_name(name: &str, args: &[OsString]) -> String {
+    let sub = args.get(1).and_then(|a| a.to_str()).filter(|a| {
+        name == "bcache" && Applet::command().find_subcommand("bcache").is_some_and(|b| b.find_subcommand(a).is_some())
+    });
+    match sub {
+        Some(sub) => format!("{name} {sub}"),
+        None => name.to_owned(),
     }
 }
 
