@@ -90,11 +90,13 @@ impl Sysfs {
         self.path(&format!("sys/dev/block/{maj}:{min}"))
     }
 
-    /// Registers a device with `/sys/fs/bcache/register`. The kernel's
-    /// reason for a refusal is read from the kernel log (`kmsg`, the log
-    /// where the kernel writes it) when it can be.
-    pub fn register(&self, dev: &str) -> Result<(), SysfsError> {
-        let file = self.bcache_dir()?.join("register");
+    /// Registers a device with `/sys/fs/bcache/register`, or with
+    /// `register_quiet` (which the kernel answers with success for a device
+    /// already registered, as udev wants). The kernel's reason for a
+    /// refusal is read from the kernel log (`kmsg`) when it can be.
+    pub fn register(&self, dev: &str, quiet: bool) -> Result<(), SysfsError> {
+        let attr = if quiet { "register_quiet" } else { "register" };
+        let file = self.bcache_dir()?.join(attr);
         let kmsg = KmsgTail::open(&self.path("dev/kmsg"));
         let res = write_attr(&file, dev);
         res.map_err(|e| {
@@ -225,7 +227,7 @@ mod tests {
     #[test]
     fn missing_module_says_how_to_load_it() {
         let tmp = tempfile::tempdir().unwrap();
-        let err = Sysfs::with_root(tmp.path()).register("/dev/x").unwrap_err();
+        let err = Sysfs::with_root(tmp.path()).register("/dev/x", false).unwrap_err();
         assert!(err.to_string().contains("modprobe bcache"), "{err}");
     }
 }

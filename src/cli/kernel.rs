@@ -21,6 +21,10 @@ use super::Outcome;
 /// dirty data waits for its set before it runs.
 #[derive(clap::Args, Debug)]
 pub struct RegisterArgs {
+    /// Succeed silently for a device that is already registered (for udev
+    /// rules, which may see a device more than once).
+    #[arg(short, long)]
+    quiet: bool,
     /// Devices to register.
     #[arg(value_name = "DEVICE", required = true)]
     devices: Vec<PathBuf>,
@@ -87,7 +91,7 @@ pub fn register(args: &RegisterArgs) -> anyhow::Result<Outcome> {
     sysfs.bcache_dir()?;
     let mut failed = false;
     for dev in &args.devices {
-        if let Err(e) = register_one(&sysfs, dev) {
+        if let Err(e) = register_one(&sysfs, dev, args.quiet) {
             eprintln!("bcache register: {e:#}");
             failed = true;
         }
@@ -95,14 +99,14 @@ pub fn register(args: &RegisterArgs) -> anyhow::Result<Outcome> {
     Ok(if failed { Outcome::Exit(1) } else { Outcome::Ok })
 }
 
-fn register_one(sysfs: &Sysfs, dev: &Path) -> anyhow::Result<()> {
+fn register_one(sysfs: &Sysfs, dev: &Path, quiet: bool) -> anyhow::Result<()> {
     let device = Device::open(dev, Access::Read)?;
     let sb = device.read_superblock()?;
     if let Err(why) = sb.validate(&device.geometry()) {
         bail!("{}: not a valid bcache device: {why}", dev.display());
     }
     drop(device);
-    sysfs.register(&absolute(dev).display().to_string())?;
+    sysfs.register(&absolute(dev).display().to_string(), quiet)?;
     Ok(())
 }
 
