@@ -100,7 +100,7 @@ impl Sysfs {
         let kmsg = KmsgTail::open(&self.path("dev/kmsg"));
         let res = write_attr(&file, dev);
         res.map_err(|e| {
-            let reason = kmsg.and_then(|k| k.find_register_error(dev));
+            let reason = kmsg.and_then(|k| k.find_register_error());
             match (e.raw_os_error(), reason.as_deref()) {
                 (_, Some("device already registered")) => {
                     SysfsError::AlreadyRegistered { dev: dev.to_owned() }
@@ -199,9 +199,11 @@ impl KmsgTail {
     }
 
     /// The reason in the kernel's "register_bcache() error DEV: REASON".
-    fn find_register_error(mut self, dev: &str) -> Option<String> {
+    /// Kernels from 6.x print the path as empty (they free it first), so
+    /// the record is recognised by the function name; the write that
+    /// provoked it was ours, just before.
+    fn find_register_error(mut self) -> Option<String> {
         use std::io::Read;
-        let needle = format!("error {dev}: ");
         let mut buf = vec![0u8; 8192];
         let mut found = None;
         // Each read returns one record; EAGAIN marks the end of the log.
@@ -212,12 +214,18 @@ impl KmsgTail {
             let rec = String::from_utf8_lossy(&buf[..n]);
             let msg = rec.split_once(';').map_or(&*rec, |(_, m)| m);
             let msg = msg.lines().next().unwrap_or("");
-            if let Some((_, reason)) = msg.split_once(&needle) {
-                found = Some(reason.trim().to_owned());
+            if let Some(reason) = register_error_reason(msg) {
+                found = Some(reason.to_owned());
             }
         }
         found
     }
+}
+
+/// The reason of a "bcache: register_bcache() error DEV: REASON" message.
+pub fn register_error_reason(msg: &str) -> Option<&str> {
+    let (_, rest) = msg.split_once("register_bcache() error ")?;
+    Some(rest.split_once(": ")?.1.trim())
 }
 
 #[cfg(test)]
@@ -229,5 +237,13 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         let err = Sysfs::with_root(tmp.path()).register("/dev/x", false).unwrap_err();
         assert!(err.to_string().contains("modprobe bcache"), "{err}");
+    }
+
+    #[test]
+    fn register_errors_are_read_with_or_without_the_path() {
+        let r = |m| register_error_reason(m);
+        assert_eq!(r("bcache: register_bcache() error : Bad UUID"), Some("Bad UUID"));
+        assert_eq!(r("bcache: register_bcache() error /dev/sdb: device busy"), Some("device busy"));
+        assert_eq!(r("bcache: bch_cached_dev_attach() Couldn't find uuid"), None);
     }
 }

@@ -1,0 +1,359 @@
+//! `bcache` against the real bcache module of Debian's 6.12 kernel, in QEMU:
+//! devices made by `bcache make` register and carry data, the sysfs
+//! commands work, and every `read_super` refusal reads the same in the
+//! kernel's log and in our validator.
+
+mod common;
+
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+
+use bcache::superblock::*;
+use common::vm::{Scratch, Vm};
+use uuid::Uuid;
+
+const MIB: u64 = 1 << 20;
+
+/// `res CMD...` prints CMD's output and exit status on one line
+/// ("... status=N"), for `emit`.
+const RES: &str = r#"res() { _o=$("$@" 2>&1) && _s=0 || _s=$?; printf '%s status=%s' "$(echo "$_o" | tr '\n' ' ')" "$_s"; }
+"#;
+
+fn scenario(body: &str) -> String {
+    format!("{RES}{body}")
+}
+
+/// Deterministic, incompressible test data (xorshift64).
+fn pattern(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x >> 24) as u8
+        })
+        .collect()
+}
+
+fn write_sb(img: &Path, sb: &Superblock) {
+    let f = std::fs::OpenOptions::new().write(true).open(img).unwrap();
+    f.write_all_at(&sb.to_bytes(), SB_START).unwrap();
+}
+
+fn read_sb(img: &Path) -> Superblock {
+    let mut buf = vec![0u8; SB_BLOCK_LEN];
+    std::fs::File::open(img).unwrap().read_exact_at(&mut buf, SB_START).unwrap();
+    Superblock::parse(&buf).unwrap()
+}
+
+fn backing_sb(set: Uuid, state: BdevState) -> Superblock {
+    let mut sb = Superblock::new_backing(&BackingParams {
+        uuid: Uuid::new_v4(),
+        set_uuid: set,
+        label: Label::default(),
+        block_sectors: 8,
+        bucket_sectors: 1024,
+        data_offset: 16,
+        cache_mode: CacheMode::Writeback,
+    });
+    sb.set_state(state);
+    sb.seal();
+    sb
+}
+
+/// The full life of a cache set made by `bcache make` in the guest.
+#[test]
+fn make_register_io_attach_detach_stop() {
+    let scratch = Scratch::new();
+    let cache = scratch.image("cache.img", 300 * MIB);
+    let backing = scratch.image("backing.img", 128 * MIB);
+    let spare = scratch.image("spare.img", 128 * MIB);
+    let data = pattern(1 << 20, 0xbcac_4e00_0000_0001);
+    let mut vm = Vm::new();
+    vm.disk(&cache).disk(&backing).disk(&spare).file("/root/data.bin", data.clone(), false);
+    let out = vm.run(&scenario(
+        r#"
+        check make bcache make -C /dev/vda -B /dev/vdb --writeback -l tier1
+        check register bcache register /dev/vda /dev/vdb
+        B=$(bcache_of /dev/vdb)
+        emit bdev "$B"
+        CSET=$(bcache super-show --json /dev/vda | sed -n 's/.*"set_uuid": "\(.*\)".*/\1/p')
+        emit cset "$CSET"
+        wait_for /sys/block/vdb/bcache/cache
+        check_eq mode_writeback "writethrough [writeback] writearound none" "$(cat /sys/block/vdb/bcache/cache_mode)"
+        check_eq label tier1 "$(cat /sys/block/vdb/bcache/label)"
+        check write dd if=/root/data.bin of="$B" bs=64k conv=fsync
+        echo 3 > /proc/sys/vm/drop_caches
+        check read_back sh -c "dd if=$B bs=64k count=16 2>/dev/null | cmp - /root/data.bin"
+
+        emit again "$(res bcache register /dev/vdb)"
+        check register_quiet bcache register --quiet /dev/vdb
+
+        check detach bcache detach /dev/vdb
+        wait_gone /sys/block/vdb/bcache/cache
+        check_eq detached_state "no cache" "$(cat /sys/block/vdb/bcache/state)"
+        emit detach_again "$(res bcache detach /dev/vdb)"
+        check attach_by_cache_device bcache attach /dev/vda /dev/vdb
+        wait_for /sys/block/vdb/bcache/cache
+        check detach2 bcache detach /dev/vdb
+        wait_gone /sys/block/vdb/bcache/cache
+        check attach_by_uuid bcache attach "$CSET" /dev/vdb
+        wait_for /sys/block/vdb/bcache/cache
+        emit attach_unknown "$(res bcache attach 01234567-89ab-4def-8123-456789abcdef /dev/vdb)"
+        emit attach_unregistered "$(res bcache attach "$CSET" /dev/vdc)"
+
+        check stop bcache stop /dev/vdb
+        wait_gone "$B"
+        wait_gone /sys/block/vdb/bcache
+        check reregister bcache register /dev/vdb
+        B=$(bcache_of /dev/vdb)
+        wait_for /sys/block/vdb/bcache/cache
+        check read_after_reregister sh -c "dd if=$B bs=64k count=16 2>/dev/null | cmp - /root/data.bin"
+
+        check format_spare bcache make -B /dev/vdc
+        check register_spare bcache register /dev/vdc
+        S=$(bcache_of /dev/vdc)
+        emit busy "$(res bcache make -B --wipe-bcache /dev/vdc)"
+        check force_format bcache make -B --wipe-bcache --force /dev/vdc
+
+        check unregister bcache unregister "$CSET"
+        wait_gone "/sys/fs/bcache/$CSET"
+        check stop_backing bcache stop /dev/vdb
+        wait_gone /sys/block/vdb/bcache
+        emit not_registered "$(res bcache detach /dev/vdb)"
+        "#,
+    ));
+    assert!(out.value("bdev").unwrap().starts_with("/dev/bcache"));
+    let again = out.value("again").unwrap();
+    assert!(again.contains("/dev/vdb: already registered") && again.ends_with("status=1"), "{again}");
+    let detach_again = out.value("detach_again").unwrap();
+    assert!(detach_again.contains("not attached to a cache set") && detach_again.ends_with("status=1"), "{detach_again}");
+    let unknown = out.value("attach_unknown").unwrap();
+    assert!(unknown.contains("no cache set 01234567-89ab-4def-8123-456789abcdef is registered"), "{unknown}");
+    let unreg = out.value("attach_unregistered").unwrap();
+    assert!(unreg.contains("/dev/vdc: not registered with bcache"), "{unreg}");
+    let busy = out.value("busy").unwrap();
+    assert!(busy.contains("registered with bcache; stop it first, or pass --force") && busy.ends_with("status=1"), "{busy}");
+    let gone = out.value("not_registered").unwrap();
+    assert!(gone.contains("not registered with bcache") && gone.ends_with("status=1"), "{gone}");
+
+    // Written through bcache, found at the data offset of the backing
+    // device (writeback data reached it at detach, stop and unregister).
+    let on_disk = common::vm::read_at(&backing, 16 * 512, data.len());
+    assert!(on_disk == data, "the data is not on the backing device at sector 16");
+    let sb = read_sb(&backing);
+    assert_eq!(sb.state(), BdevState::None, "detached: state none");
+    assert_eq!(sb.label_bytes(), b"tier1");
+}
+
+/// A dirty device waits for its cache set; `run` refuses it without
+/// --force, and with --force the kernel runs it and marks it stale. A
+/// clean one runs on a plain `run`. A mounted device cannot be formatted.
+#[test]
+fn dirty_devices_wait_and_busy_devices_are_refused() {
+    let scratch = Scratch::new();
+    let dirty = scratch.image("dirty.img", 64 * MIB);
+    let clean = scratch.image("clean.img", 64 * MIB);
+    let fs = scratch.image("fs.img", 64 * MIB);
+    let absent_set = Uuid::new_v4();
+    write_sb(&dirty, &backing_sb(absent_set, BdevState::Dirty));
+    write_sb(&clean, &backing_sb(absent_set, BdevState::Clean));
+    let mkfs = std::process::Command::new("mkfs.ext4").args(["-q", "-F"]).arg(&fs).status().unwrap();
+    assert!(mkfs.success(), "mkfs.ext4 (e2fsprogs) is needed");
+    let mut vm = Vm::new();
+    vm.disk(&dirty).disk(&clean).disk(&fs).module("ext4");
+    let out = vm.run(&scenario(
+        r#"
+        check register bcache register /dev/vda /dev/vdb
+        wait_for /sys/block/vda/bcache/running
+        check_eq dirty_state dirty "$(cat /sys/block/vda/bcache/state)"
+        check_eq dirty_waits 0 "$(cat /sys/block/vda/bcache/running)"
+        check_fails dirty_has_no_bcache_dev test -e /sys/block/vda/bcache/dev
+        emit run_refused "$(res bcache run /dev/vda)"
+        check_eq still_waiting 0 "$(cat /sys/block/vda/bcache/running)"
+        emit run_forced "$(res bcache run --force /dev/vda)"
+        bcache_of /dev/vda
+        check_eq forced_stale inconsistent "$(cat /sys/block/vda/bcache/state)"
+
+        check_eq clean_waits 0 "$(cat /sys/block/vdb/bcache/running)"
+        check run_clean bcache run /dev/vdb
+        bcache_of /dev/vdb
+
+        mkdir -p /mnt
+        check mount mount -t ext4 /dev/vdc /mnt
+        before=$(md5sum < /dev/vdc)
+        emit mounted "$(res bcache make -B /dev/vdc)"
+        check_eq mounted_unchanged "$before" "$(md5sum < /dev/vdc)"
+        check umount umount /mnt
+        before=$(md5sum < /dev/vdc)
+        emit has_fs "$(res bcache make -B /dev/vdc)"
+        check_eq fs_unchanged "$before" "$(md5sum < /dev/vdc)"
+        "#,
+    ));
+    let refused = out.value("run_refused").unwrap();
+    assert!(refused.contains("would lose those writes") && refused.ends_with("status=1"), "{refused}");
+    let forced = out.value("run_forced").unwrap();
+    assert!(forced.contains("warning") && forced.ends_with("status=0"), "{forced}");
+    let mounted = out.value("mounted").unwrap();
+    assert!(mounted.contains("/dev/vdc: device is in use") && mounted.ends_with("status=1"), "{mounted}");
+    let has_fs = out.value("has_fs").unwrap();
+    assert!(has_fs.contains("contains a ext4 signature") && has_fs.ends_with("status=1"), "{has_fs}");
+    // The kernel recorded the forced run in the superblock.
+    assert_eq!(read_sb(&dirty).state(), BdevState::Stale);
+}
+
+/// One crafted superblock per `read_super` refusal.
+struct Case {
+    name: &'static str,
+    want: Rejection,
+    sb: Superblock,
+    /// Device size in bytes.
+    size: u64,
+    /// Logical block size of the virtual disk.
+    lbs: u32,
+}
+
+fn cache_sb(sectors: u64) -> Superblock {
+    Superblock::new_cache(&CacheParams {
+        uuid: Uuid::new_v4(),
+        set_uuid: Uuid::new_v4(),
+        label: Label::default(),
+        block_sectors: 8,
+        bucket_sectors: 128,
+        device_sectors: sectors,
+        discard: false,
+        replacement: Replacement::Lru,
+    })
+}
+
+fn cases() -> Vec<Case> {
+    use Rejection::*;
+    const SIZE: u64 = 64 * MIB;
+    let sectors = SIZE / 512;
+    let cache = |name, want, change: fn(&mut Superblock)| {
+        let mut sb = cache_sb(sectors);
+        change(&mut sb);
+        sb.seal();
+        Case { name, want, sb, size: SIZE, lbs: 512 }
+    };
+    let backing = |name, want, change: fn(&mut Superblock)| {
+        let mut sb = backing_sb(Uuid::nil(), BdevState::None);
+        change(&mut sb);
+        sb.seal();
+        Case { name, want, sb, size: SIZE, lbs: 512 }
+    };
+    let mut v = vec![
+        cache("bad_magic", BadMagic, |s| s.magic[0] ^= 0xff),
+        backing("bad_uuid", BadUuid, |s| s.uuid = Uuid::nil()),
+        backing("bad_data_offset", BadDataOffset, |s| { s.version = 4; s.nbuckets_or_data_offset = 8 }),
+        backing("unsupported_version", UnsupportedVersion, |s| s.version = 2),
+        cache("compat_feature", UnsupportedCompatFeature, |s| { s.version = 5; s.feature_compat = 1 }),
+        cache("ro_compat_feature", UnsupportedRoCompatFeature, |s| { s.version = 5; s.feature_ro_compat = 1 }),
+        cache("incompat_feature", UnsupportedIncompatFeature, |s| { s.version = 5; s.feature_incompat = 0x80 }),
+        cache("too_many_buckets", TooManyBuckets, |s| s.nbuckets_or_data_offset = 1 << 63),
+        cache("not_enough_buckets", NotEnoughBuckets, |s| s.nbuckets_or_data_offset = 100),
+        cache("block_not_pow2", BlockSizeNotPowerOfTwo, |s| s.block_size = 6),
+        cache("block_above_page", BlockSizeAbovePage, |s| s.block_size = 16),
+        cache("bucket_not_pow2", BucketSizeNotPowerOfTwo, |s| s.bucket_size = 96),
+        cache("bucket_below_page", BucketSizeBelowPage, |s| s.bucket_size = 4),
+        cache("device_too_small", DeviceTooSmall, |s| s.nbuckets_or_data_offset *= 2),
+        cache("bad_set_uuid", BadSetUuid, |s| s.set_uuid = Uuid::nil()),
+        cache("bad_cache_number", BadCacheNumber, |s| { s.nr_in_set = 2; s.nr_this_dev = 2 }),
+        cache("journal_not_sequential", JournalNotSequential, |s| { s.keys = 2; s.d[0] = 1; s.d[1] = 5 }),
+        cache("journal_past_end", TooManyJournalBuckets, |s| {
+            s.nbuckets_or_data_offset = 200;
+            s.first_bucket = 190;
+            s.keys = 20;
+            for i in 0..20 {
+                s.d[i] = 190 + i as u64;
+            }
+        }),
+        cache("first_bucket_in_super", FirstBucketInSuper, |s| s.first_bucket = 0),
+    ];
+    let mut bad_offset = cache_sb(sectors);
+    bad_offset.offset = 7;
+    bad_offset.seal();
+    v.push(Case { name: "bad_offset", want: BadOffset, sb: bad_offset, size: SIZE, lbs: 512 });
+    let mut bad_csum = cache_sb(sectors);
+    bad_csum.csum ^= 1;
+    v.push(Case { name: "bad_checksum", want: BadChecksum, sb: bad_csum, size: SIZE, lbs: 512 });
+    let mut small_block = backing_sb(Uuid::nil(), BdevState::None);
+    small_block.block_size = 1;
+    small_block.seal();
+    v.push(Case { name: "block_below_device", want: BlockSizeBelowDevice, sb: small_block, size: SIZE, lbs: 4096 });
+    v
+}
+
+/// The kernel's reason for each refused superblock equals our validator's,
+/// both through the library and through `bcache register`.
+#[test]
+fn read_super_refusals_match_the_kernel() {
+    let cases = cases();
+    let scratch = Scratch::new();
+    // Two boots: a PCI bus has room for a dozen disks comfortably.
+    for chunk in cases.chunks(12) {
+        let mut vm = Vm::new();
+        let mut images: Vec<PathBuf> = Vec::new();
+        for c in chunk {
+            let img = scratch.image(&format!("{}.img", c.name), c.size);
+            write_sb(&img, &c.sb);
+            let geom = DeviceGeometry { logical_block_size: c.lbs, sectors: c.size / 512 };
+            assert_eq!(read_sb(&img).validate(&geom), Err(c.want), "{}: library", c.name);
+            vm.disk_with_block_size(&img, c.lbs);
+            images.push(img);
+        }
+        let mut script = String::new();
+        for (i, c) in chunk.iter().enumerate() {
+            let dev = vm.dev(i);
+            script.push_str(&format!(
+                "emit {n}.ours \"$(res bcache register {dev})\"\n\
+                 kmsg_mark {n}\n\
+                 if echo {dev} > /sys/fs/bcache/register; then emit {n}.kernel accepted; fi\n\
+                 emit {n}.dmesg \"$(dmesg_since {n} | grep register_bcache | tail -n 1)\"\n",
+                n = c.name
+            ));
+        }
+        let out = vm.run(&scenario(&script));
+        for (i, c) in chunk.iter().enumerate() {
+            let dev = vm.dev(i);
+            let want = c.want.to_string();
+            assert_eq!(out.value(&format!("{}.kernel", c.name)), None, "{}: the kernel accepted it", c.name);
+            let dmesg = out.value(&format!("{}.dmesg", c.name)).unwrap_or("");
+            let kernel_reason = bcache::sysfs::register_error_reason(dmesg)
+                .unwrap_or_else(|| panic!("{}: no register_bcache error in dmesg: {dmesg:?}", c.name));
+            assert_eq!(kernel_reason, want, "{}: the kernel's reason", c.name);
+            let ours = out.value(&format!("{}.ours", c.name)).unwrap();
+            assert!(
+                ours.contains(&format!("{dev}: not a valid bcache device: {want}")) && ours.ends_with("status=1"),
+                "{}: bcache register said {ours:?}",
+                c.name
+            );
+        }
+    }
+}
+
+/// A cache with 512 buckets passes read_super but the kernel cannot use it:
+/// `bcache make` refuses it, and the kernel agrees.
+#[test]
+fn caches_need_more_than_512_buckets() {
+    let scratch = Scratch::new();
+    let small = scratch.image("small.img", 512 * 128 * 512);
+    let big = scratch.image("big.img", 513 * 128 * 512);
+    write_sb(&small, &cache_sb(512 * 128));
+    let mut vm = Vm::new();
+    vm.disk(&small).disk(&big);
+    let out = vm.run(&scenario(
+        r#"
+        emit make_small "$(res bcache make -C -b 64k /dev/vda)"
+        check make_big bcache make -C -b 64k /dev/vdb
+        check_fails kernel_refuses_small sh -c 'echo /dev/vda > /sys/fs/bcache/register'
+        dmesg_section small_dmesg
+        check kernel_takes_big sh -c 'echo /dev/vdb > /sys/fs/bcache/register'
+        "#,
+    ));
+    let make = out.value("make_small").unwrap();
+    assert!(make.contains("too small for a cache: 512 buckets") && make.ends_with("status=1"), "{make}");
+    let dmesg = out.section("small_dmesg");
+    assert!(dmesg.contains("/dev/vda"), "the kernel says why: {dmesg}");
+}
