@@ -302,21 +302,23 @@ fn open_for_format(path: &Path, force: bool, sysfs: &Sysfs) -> Result<Device, Ma
     match Device::open(path, Access::WriteExclusive) {
         Err(DeviceError::Busy { .. }) => {
             let rdev = Device::open(path, Access::Read)?.rdev();
-            let held = rdev.and_then(|r| sysfs.registered(r).map(|reg| (r, reg)));
-            let Some((rdev, reg)) = held else {
+            let held = rdev.and_then(|r| sysfs.registered(r));
+            let Some(reg) = held else {
                 return Err(DeviceError::Busy { path: path.to_owned() }.into());
             };
             if !force {
                 return Err(MakeError::Registered { path: path.to_owned() });
             }
-            release(path, rdev, reg, sysfs)?;
-            Ok(Device::open(path, Access::WriteExclusive)?)
+            release(path, reg, sysfs)
         }
         other => Ok(other?),
     }
 }
 
-fn release(path: &Path, rdev: u64, reg: Registered, sysfs: &Sysfs) -> Result<(), MakeError> {
+/// Stops what bcache holds and opens the device once the kernel has let go
+/// of it: the sysfs directory goes first, the exclusive claim a moment
+/// later, so the open itself is the condition polled (within a bound).
+fn release(path: &Path, reg: Registered, sysfs: &Sysfs) -> Result<Device, MakeError> {
     let name = path.display().to_string();
     match reg {
         Registered::Backing(dir) => sysfs.write(&name, &dir.join("stop"), "1")?,
@@ -332,18 +334,20 @@ fn release(path: &Path, rdev: u64, reg: Registered, sysfs: &Sysfs) -> Result<(),
         }
     }
     let start = Instant::now();
-    // The kernel tears the device down asynchronously: poll until it is
-    // gone, within a bound.
-    while sysfs.registered(rdev).is_some() {
-        if start.elapsed() > RELEASE_TIMEOUT {
-            return Err(MakeError::NotReleased {
-                path: path.to_owned(),
-                secs: RELEASE_TIMEOUT.as_secs(),
-            });
+    loop {
+        match Device::open(path, Access::WriteExclusive) {
+            Err(DeviceError::Busy { .. }) if start.elapsed() < RELEASE_TIMEOUT => {
+                std::thread::sleep(Duration::from_millis(50))
+            }
+            Err(DeviceError::Busy { .. }) => {
+                return Err(MakeError::NotReleased {
+                    path: path.to_owned(),
+                    secs: RELEASE_TIMEOUT.as_secs(),
+                })
+            }
+            other => return Ok(other?),
         }
-        std::thread::sleep(Duration::from_millis(50));
     }
-    Ok(())
 }
 
 fn same_file(a: &Path, b: &Path) -> bool {
