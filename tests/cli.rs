@@ -189,3 +189,22 @@ fn man_pages_cover_every_command_without_clashes() {
     let make = std::fs::read_to_string(dir.path().join("bcache-make.8")).unwrap();
     assert!(make.contains("wipe\\-bcache"), "options are documented");
 }
+
+/// man/ holds the generated pages for packagers; they must say what the
+/// code says. Regenerate with: bcache generate man man
+#[test]
+fn committed_man_pages_are_current() {
+    let dir = tempfile::tempdir().unwrap();
+    assert!(bcache(&["generate", "man", s(dir.path())]).status.success());
+    let committed = Path::new(env!("CARGO_MANIFEST_DIR")).join("man");
+    let mut names: Vec<_> = std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
+    names.sort();
+    let mut have: Vec<_> = std::fs::read_dir(&committed).unwrap().map(|e| e.unwrap().file_name()).collect();
+    have.sort();
+    assert_eq!(have, names, "man/ lists other pages than the code generates");
+    for n in names {
+        let fresh = std::fs::read(dir.path().join(&n)).unwrap();
+        let old = std::fs::read(committed.join(&n)).unwrap();
+        assert!(fresh == old, "man/{} is stale: run `bcache generate man man`", n.to_string_lossy());
+    }
+}
