@@ -86,6 +86,7 @@ fn make_register_io_attach_detach_stop() {
         check write dd if=/root/data.bin of="$B" bs=64k conv=fsync
         echo 3 > /proc/sys/vm/drop_caches
         check read_back sh -c "dd if=$B bs=64k count=16 2>/dev/null | cmp - /root/data.bin"
+        section show bcache super-show /dev/vdb
 
         emit again "$(res bcache register /dev/vdb)"
         check register_quiet bcache register --quiet /dev/vdb
@@ -125,6 +126,12 @@ fn make_register_io_attach_detach_stop() {
         "#,
     ));
     assert!(out.value("bdev").unwrap().starts_with("/dev/bcache"));
+    // What the README's demo command shows (with --nocapture).
+    eprintln!("guest: bcache super-show /dev/vdb while attached:\n{}", out.section("show"));
+    let kernel: Vec<&str> = out.dmesg.lines().filter(|l| l.contains("bcache:")).collect();
+    eprintln!("guest kernel log:\n{}", kernel.join("\n"));
+    // Written in writeback mode: the kernel marked the superblock dirty.
+    assert!(out.section("show").contains("dev.data.cache_state\t2 [dirty]"), "attached with dirty data");
     let again = out.value("again").unwrap();
     assert!(again.contains("/dev/vdb: already registered") && again.ends_with("status=1"), "{again}");
     let detach_again = out.value("detach_again").unwrap();
