@@ -5,6 +5,7 @@
 
 pub mod device;
 pub mod make;
+pub mod raw;
 pub mod show;
 pub mod superblock;
 pub mod units;

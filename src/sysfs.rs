@@ -28,6 +28,8 @@ pub enum SysfsError {
     Write { dev: String, what: String, error: io::Error },
     #[error("{dev}: not registered with bcache (no {path})")]
     NotRegistered { dev: String, path: PathBuf },
+    #[error("this kernel's bcache module has no register_raw (build and load kernel/'s module: kernel/build.sh)")]
+    NoRegisterRaw,
     #[error("no cache set {0} is registered")]
     NoSuchSet(Uuid),
     #[error("{}: {}", .0.display(), os_error_text(.1))]
@@ -96,19 +98,39 @@ impl Sysfs {
     /// refusal is read from the kernel log (`kmsg`) when it can be.
     pub fn register(&self, dev: &str, quiet: bool) -> Result<(), SysfsError> {
         let attr = if quiet { "register_quiet" } else { "register" };
+        self.write_explained(dev, attr, dev, register_error_reason)
+    }
+
+    /// Registers a backing device without a superblock through the
+    /// register_raw interface of the patched module (kernel/).
+    pub fn register_raw(&self, dev: &str, line: &str) -> Result<(), SysfsError> {
+        if !self.bcache_dir()?.join("register_raw").exists() {
+            return Err(SysfsError::NoRegisterRaw);
+        }
+        self.write_explained(dev, "register_raw", line, register_raw_error_reason)
+    }
+
+    /// Writes a /sys/fs/bcache attribute, and on failure finds the
+    /// kernel's reason in the log with `reason`.
+    fn write_explained(
+        &self,
+        dev: &str,
+        attr: &str,
+        value: &str,
+        reason: fn(&str) -> Option<&str>,
+    ) -> Result<(), SysfsError> {
         let file = self.bcache_dir()?.join(attr);
         let kmsg = KmsgTail::open(&self.path("dev/kmsg"));
-        let res = write_attr(&file, dev);
-        res.map_err(|e| {
-            let reason = kmsg.and_then(|k| k.find_register_error());
-            match (e.raw_os_error(), reason.as_deref()) {
+        write_attr(&file, value).map_err(|e| {
+            let why = kmsg.and_then(|k| k.find(reason));
+            match (e.raw_os_error(), why.as_deref()) {
                 (_, Some("device already registered")) => {
                     SysfsError::AlreadyRegistered { dev: dev.to_owned() }
                 }
                 (_, Some("device busy")) => SysfsError::Busy { dev: dev.to_owned() },
                 (Some(nix::libc::EBUSY), None) => SysfsError::Busy { dev: dev.to_owned() },
                 (_, Some(r)) => SysfsError::Refused { dev: dev.to_owned(), reason: r.to_owned() },
-                (_, None) => SysfsError::Write { dev: dev.to_owned(), what: "register".into(), error: e },
+                (_, None) => SysfsError::Write { dev: dev.to_owned(), what: attr.into(), error: e },
             }
         })
     }
@@ -198,11 +220,9 @@ impl KmsgTail {
         Some(KmsgTail(f))
     }
 
-    /// The reason in the kernel's "register_bcache() error DEV: REASON".
-    /// Kernels from 6.x print the path as empty (they free it first), so
-    /// the record is recognised by the function name; the write that
-    /// provoked it was ours, just before.
-    fn find_register_error(mut self) -> Option<String> {
+    /// The last reason `reason` finds in the records logged since
+    /// `open`: the write that provoked it was ours, just before.
+    fn find(mut self, reason: fn(&str) -> Option<&str>) -> Option<String> {
         use std::io::Read;
         let mut buf = vec![0u8; 8192];
         let mut found = None;
@@ -213,9 +233,8 @@ impl KmsgTail {
             }
             let rec = String::from_utf8_lossy(&buf[..n]);
             let msg = rec.split_once(';').map_or(&*rec, |(_, m)| m);
-            let msg = msg.lines().next().unwrap_or("");
-            if let Some(reason) = register_error_reason(msg) {
-                found = Some(reason.to_owned());
+            if let Some(r) = reason(msg.lines().next().unwrap_or("")) {
+                found = Some(r.to_owned());
             }
         }
         found
@@ -223,9 +242,15 @@ impl KmsgTail {
 }
 
 /// The reason of a "bcache: register_bcache() error DEV: REASON" message.
+/// Kernels from 6.x print the path as empty (they free it first).
 pub fn register_error_reason(msg: &str) -> Option<&str> {
     let (_, rest) = msg.split_once("register_bcache() error ")?;
     Some(rest.split_once(": ")?.1.trim())
+}
+
+/// The reason of a "bcache: register_raw() register_raw: REASON" message.
+pub fn register_raw_error_reason(msg: &str) -> Option<&str> {
+    Some(msg.split_once("register_raw: ")?.1.trim())
 }
 
 #[cfg(test)]

@@ -4,40 +4,18 @@
 
 mod common;
 
-use std::path::PathBuf;
-
+use common::pattern;
 use common::vm::{Scratch, Vm};
 
 const MIB: u64 = 1 << 20;
 
-/// The patched module for the guest's kernel, built by kernel/build.sh
-/// (tests/run-all.sh builds it). A missing module fails the test.
-fn patched_module(vm: &Vm) -> PathBuf {
-    let release = &vm.assets().release;
-    let ko = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/kernel").join(release).join("bcache.ko");
-    assert!(ko.is_file(), "{} is missing: run kernel/build.sh {release}", ko.display());
-    ko
-}
-
 fn patched_vm() -> Vm {
     let mut vm = Vm::new();
-    let ko = patched_module(&vm);
+    let ko = common::patched_module(&vm);
     vm.host_file(&ko, "/lib/modules/bcache.ko");
     vm
 }
 
-/// Deterministic, incompressible test data (xorshift64).
-fn pattern(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            (x >> 24) as u8
-        })
-        .collect()
-}
 
 /// `res CMD...` prints CMD's output and exit status on one line.
 const RES: &str = r#"res() { _o=$("$@" 2>&1) && _s=0 || _s=$?; printf '%s status=%s' "$(echo "$_o" | tr '\n' ' ')" "$_s"; }

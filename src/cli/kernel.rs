@@ -7,7 +7,8 @@ use anyhow::{bail, Context};
 use uuid::Uuid;
 
 use bcache::device::{Access, Device};
-use bcache::superblock::{BdevState, Role};
+use bcache::raw::RawBacking;
+use bcache::superblock::{BdevState, CacheMode, Role};
 use bcache::sysfs::{Registered, Sysfs};
 
 use super::Outcome;
@@ -19,15 +20,56 @@ use super::Outcome;
 /// nothing is sent to the kernel for it. A backing device attaches to its
 /// cache set when the set is registered; a device whose cache may hold
 /// dirty data waits for its set before it runs.
+///
+/// With --raw, one backing device that holds no superblock is registered
+/// through the register_raw interface of the patched module (kernel/): the
+/// kernel builds its superblock from --uuid and the other options, and
+/// reports state changes as uevents instead of writing it.
 #[derive(clap::Args, Debug)]
+#[command(after_help = "Example:\n  \
+    bcache register --raw /dev/sdb --uuid 5d2c9a3e-1f4b-4c6d-8e7f-901a2b3c4d5e \\\n      \
+    --cset 3b7a0c1d-2e3f-4a5b-8c6d-7e8f9a0b1c2d --mode writeback --state dirty")]
 pub struct RegisterArgs {
     /// Succeed silently for a device that is already registered (for udev
     /// rules, which may see a device more than once).
-    #[arg(short, long)]
+    #[arg(short, long, conflicts_with = "raw")]
     quiet: bool,
-    /// Devices to register.
+    /// Register one backing device without a superblock (register_raw).
+    #[arg(long, requires = "uuid")]
+    raw: bool,
+    /// --raw: the backing device's uuid; never change it while a cache
+    /// holds data for the device.
+    #[arg(long, value_name = "UUID", requires = "raw")]
+    uuid: Option<Uuid>,
+    /// --raw: the cache set it belongs to (none when left out).
+    #[arg(long, value_name = "UUID", requires = "raw")]
+    cset: Option<Uuid>,
+    /// --raw: sectors before the data.
+    #[arg(long, value_name = "SECTORS", default_value_t = 0, requires = "raw")]
+    data_offset: u64,
+    /// --raw: block size in bytes [default: the device's logical block size].
+    #[arg(long, value_name = "BYTES", requires = "raw")]
+    block_size: Option<u32>,
+    /// --raw: cache mode: writethrough, writeback, writearound or none.
+    #[arg(long, value_name = "MODE", default_value = "writethrough", requires = "raw")]
+    mode: CacheMode,
+    /// --raw: the state recorded when the device was last seen: none, clean,
+    /// dirty or stale. A clean or dirty device waits for its cache set.
+    #[arg(long, value_name = "STATE", default_value = "none", value_parser = parse_state, requires = "raw")]
+    state: BdevState,
+    /// --raw: label (at most 32 bytes, no whitespace).
+    #[arg(long, value_name = "LABEL", default_value = "", requires = "raw")]
+    label: String,
+    /// Devices to register (one with --raw).
     #[arg(value_name = "DEVICE", required = true)]
     devices: Vec<PathBuf>,
+}
+
+fn parse_state(s: &str) -> Result<BdevState, String> {
+    BdevState::ALL
+        .into_iter()
+        .find(|st| st.name() == s)
+        .ok_or_else(|| format!("unknown state '{s}' (none, clean, dirty, stale)"))
 }
 
 /// Unregister a cache set (with all its caches) or stop a backing device.
@@ -89,6 +131,9 @@ fn absolute(path: &Path) -> PathBuf {
 pub fn register(args: &RegisterArgs) -> anyhow::Result<Outcome> {
     let sysfs = Sysfs::default();
     sysfs.bcache_dir()?;
+    if args.raw {
+        return register_raw(&sysfs, args);
+    }
     let mut failed = false;
     for dev in &args.devices {
         if let Err(e) = register_one(&sysfs, dev, args.quiet) {
@@ -108,6 +153,27 @@ fn register_one(sysfs: &Sysfs, dev: &Path, quiet: bool) -> anyhow::Result<()> {
     drop(device);
     sysfs.register(&absolute(dev).display().to_string(), quiet)?;
     Ok(())
+}
+
+fn register_raw(sysfs: &Sysfs, args: &RegisterArgs) -> anyhow::Result<Outcome> {
+    let [dev] = args.devices.as_slice() else {
+        bail!("--raw registers one device; {} were given", args.devices.len());
+    };
+    let raw = RawBacking {
+        uuid: args.uuid.expect("clap requires --uuid with --raw"),
+        set_uuid: args.cset,
+        data_offset: args.data_offset,
+        block_size: args.block_size,
+        cache_mode: args.mode,
+        state: args.state,
+        label: args.label.clone(),
+    };
+    let device = Device::open(dev, Access::Read)?;
+    raw.validate(&device).with_context(|| dev.display().to_string())?;
+    drop(device);
+    let path = absolute(dev).display().to_string();
+    sysfs.register_raw(&path, &raw.line(&path))?;
+    Ok(Outcome::Ok)
 }
 
 /// A cache set uuid from the command line: a uuid, or a cache device.

@@ -1,2 +1,28 @@
 //! Shared helpers of the integration tests (`mod common;`).
 pub mod vm;
+
+use std::path::PathBuf;
+
+/// The register_raw module for the guest's kernel, built by kernel/build.sh
+/// (tests/run-all.sh builds it). A missing module fails the test.
+#[allow(dead_code)] // not every test file boots the patched module
+pub fn patched_module(vm: &vm::Vm) -> PathBuf {
+    let release = &vm.assets().release;
+    let ko = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/kernel").join(release).join("bcache.ko");
+    assert!(ko.is_file(), "{} is missing: run kernel/build.sh {release}", ko.display());
+    ko
+}
+
+/// Deterministic, incompressible test data (xorshift64).
+#[allow(dead_code)]
+pub fn pattern(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x >> 24) as u8
+        })
+        .collect()
+}
