@@ -126,3 +126,171 @@ fn raw_dirty_device_waits_for_its_cache_set() {
     assert_eq!(states[0], "clean", "attach comes first: {events}");
     assert!(states[first_dirty..].contains(&"none"), "detach after the dirty phase: {events}");
 }
+
+/// A small deterministic generator (xorshift64*).
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+    fn uuid(&mut self) -> String {
+        uuid::Uuid::from_u64_pair(self.next(), self.next()).hyphenated().to_string()
+    }
+}
+
+/// Lines that register_raw must refuse, of every kind the interface can
+/// meet. `taken` is a registered device and its uuid; `cache` a registered
+/// cache device; `formatted` a device with a bcache superblock; `free` an
+/// unused device.
+fn hostile_lines(n: usize, taken: (&str, &str), cache: &str, formatted: &str, free: &str) -> Vec<Vec<u8>> {
+    let mut rng = Rng(0x5eed_0bad_1dea_0001);
+    let mut lines = Vec::with_capacity(n);
+    for i in 0..n {
+        let u = rng.uuid();
+        let line: Vec<u8> = match i % 12 {
+            0 => (0..1 + rng.below(200)).map(|_| rng.next() as u8).collect(),
+            1 => vec![b'a' + (i % 26) as u8; 1025 + rng.below(3000) as usize],
+            2 => {
+                let mut l = format!("{free} {u} none").into_bytes();
+                let at = rng.below(l.len() as u64) as usize;
+                l.insert(at, 0);
+                l
+            }
+            3 => {
+                let mut bad = u.clone().into_bytes();
+                let at = rng.below(bad.len() as u64) as usize;
+                // Never a hex digit or a hyphen: the uuid must stay bad.
+                bad[at] = if bad[at] == b'-' { b'0' } else { b"gz_ x"[rng.below(5) as usize] };
+                if i % 24 == 3 {
+                    bad.truncate(35);
+                }
+                let mut l = format!("{free} ").into_bytes();
+                l.extend(bad);
+                l.extend(b" none");
+                l
+            }
+            4 => format!("{free} {} none", taken.1).into_bytes(),
+            5 => match rng.below(3) {
+                // (An empty write never reaches the kernel.)
+                0 => b"\n".to_vec(),
+                1 => free.as_bytes().to_vec(),
+                _ => format!("{free} {u}").into_bytes(),
+            },
+            6 => {
+                let opt = [
+                    "data_offset=-1",
+                    "data_offset=99999999999999999999999",
+                    "data_offset=18446744073709551615",
+                    "data_offset=1x",
+                    "block_size=0",
+                    "block_size=3",
+                    "block_size=8192",
+                    "block_size=-4096",
+                    "block_size=256",
+                    "data_offset=",
+                ][rng.below(10) as usize];
+                format!("{free} {u} none {opt}").into_bytes()
+            }
+            7 => format!("/dev/nonexistent{i} {u} none").into_bytes(),
+            8 => format!("{cache} {u} none").into_bytes(),
+            9 => format!("{} {u} none", taken.0).into_bytes(),
+            10 => format!("{formatted} {u} none").into_bytes(),
+            _ => {
+                let tail = [
+                    "cache_mode=writeback cache_mode=writeback",
+                    "colour=blue",
+                    "trailing",
+                    "state=dirty",
+                    "state=clean",
+                    "state=gone",
+                    "cache_mode=fast",
+                    "label=0123456789012345678901234567890123",
+                    "label=a\u{1}b",
+                    "=",
+                ][rng.below(10) as usize];
+                format!("{free} {u} none {tail}").into_bytes()
+            }
+        };
+        lines.push(line);
+    }
+    lines
+}
+
+/// Every byte as an octal escape for printf's %b, so any line, NULs
+/// included, is written in one write(2) by the shell's printf builtin.
+fn printf_escaped(line: &[u8]) -> String {
+    line.iter().map(|b| if b.is_ascii_alphanumeric() { (*b as char).to_string() } else { format!("\\0{b:o}") }).collect()
+}
+
+/// 10,000 hostile lines: every one refused with an error, no oops, BUG,
+/// WARN or sanitizer report, and the module still registers a good line.
+#[test]
+fn register_raw_refuses_hostile_input() {
+    let scratch = Scratch::new();
+    let mut vm = patched_vm();
+    for name in ["cache", "taken", "formatted", "free"] {
+        let size = if name == "cache" { 300 * MIB } else { 64 * MIB };
+        vm.disk(&scratch.image(&format!("{name}.img"), size));
+    }
+    let taken_uuid = "7e7e7e7e-0000-4000-8000-000000000001";
+    let lines = hostile_lines(10_000, ("/dev/vdb", taken_uuid), "/dev/vda", "/dev/vdc", "/dev/vdd");
+    let mut body = String::from("a=0; r=0\n");
+    for (i, l) in lines.iter().enumerate() {
+        body.push_str(&format!(
+            "printf '%b' '{}' > /sys/fs/bcache/register_raw 2>/dev/null && {{ a=$((a+1)); echo {i} >> /tmp/accepted; }} || r=$((r+1))\n",
+            printf_escaped(l)
+        ));
+    }
+    body.push_str("emit accepted $a\nemit refused $r\n");
+    vm.file("/root/hostile.sh", body, false);
+    // Room for a reason logged per line.
+    vm.kernel_arg("log_buf_len=16M");
+    let out = vm.run(&format!(
+        r#"{RES}
+        check make_cache bcache make -C /dev/vda
+        check register_cache bcache register /dev/vda
+        check make_formatted bcache make -B /dev/vdc
+        check taken bcache register --raw /dev/vdb --uuid {taken_uuid}
+        bcache_of /dev/vdb
+        kmsg_mark hostile
+        . /root/hostile.sh
+        touch /tmp/accepted
+        section accepted_lines head -n 20 /tmp/accepted
+        emit ours_refuses "$(res bcache register --raw /dev/vdd --uuid {taken_uuid})"
+        emit ours_formatted "$(res bcache register --raw /dev/vdc --uuid 7e7e7e7e-0000-4000-8000-000000000002)"
+        emit ours_dirty "$(res bcache register --raw /dev/vdd --uuid 7e7e7e7e-0000-4000-8000-000000000003 --state dirty)"
+        check still_works bcache register --raw /dev/vdd --uuid 7e7e7e7e-0000-4000-8000-000000000004 --mode writeback --label fine
+        bcache_of /dev/vdd
+        check_eq mode "writethrough [writeback] writearound none" "$(cat /sys/block/vdd/bcache/cache_mode)"
+        dmesg_section hostile_dmesg hostile
+        "#
+    ));
+    let accepted: Vec<String> = out
+        .section("accepted_lines")
+        .lines()
+        .filter_map(|i| i.trim().parse::<usize>().ok())
+        .map(|i| format!("{i}: {:?}", String::from_utf8_lossy(&lines[i])))
+        .collect();
+    assert_eq!(out.value("accepted"), Some("0"), "register_raw accepted hostile lines:\n{}", accepted.join("\n"));
+    assert_eq!(out.value("refused"), Some("10000"));
+    let dmesg = out.section("hostile_dmesg");
+    for bad in ["BUG:", "WARNING:", "Oops", "KASAN", "UBSAN", "general protection", "Call Trace"] {
+        assert!(!dmesg.contains(bad), "{bad} in the kernel log:\n{dmesg}");
+    }
+    let refusals = dmesg.matches("register_raw: ").count();
+    assert!(refusals >= 9_000, "only {refusals} refusals logged with a reason");
+    // Our front end says why, in the kernel's words or its own.
+    let ours = out.value("ours_refuses").unwrap();
+    assert!(ours.contains("backing device uuid already registered") && ours.ends_with("status=1"), "{ours}");
+    let formatted = out.value("ours_formatted").unwrap();
+    assert!(formatted.contains("holds a bcache superblock of its own: use register"), "{formatted}");
+    let dirty = out.value("ours_dirty").unwrap();
+    assert!(dirty.contains("state dirty needs a cache set uuid"), "{dirty}");
+}

@@ -11,6 +11,7 @@ mod common;
 use common::vm::{self, DiskOptions, Scratch, Vm};
 use std::path::Path;
 use std::process::Command;
+use std::time::{Duration, Instant};
 
 const MIB: u64 = 1 << 20;
 const PATTERN_LEN: usize = 256 * 1024;
@@ -55,7 +56,8 @@ fn vm_for(cache: &Path, backing: &Path, data: &[u8]) -> Vm {
                 ..Default::default()
             },
         )
-        .file("/root/pattern.bin", data.to_vec(), false);
+        .file("/root/pattern.bin", data.to_vec(), false)
+        .c_bcache_tools();
     vm
 }
 
@@ -81,6 +83,9 @@ fn boot_register_write_and_persist() {
         emit backing_lbs "$(cat /sys/block/vdb/queue/logical_block_size)"
         check bcache-is-module grep -q '^bcache ' /proc/modules
         check_eq bcache-module-live live "$(cat /sys/module/bcache/initstate)"
+        check our-binary test -x /usr/sbin/bcache
+        check_eq multicall-link bcache "$(readlink /usr/sbin/make-bcache)"
+        section c-super-show /opt/c-tools/bcache-super-show /dev/vdb
 
         kmsg_mark register
         register /dev/vda /dev/vdb
@@ -107,15 +112,17 @@ fn boot_register_write_and_persist() {
         first.kernel_release
     );
 
-    assert_eq!(first.expect_value("uname"), vm.assets().release);
-    assert_eq!(first.expect_value("cache_serial"), "smoke-cache");
-    assert_eq!(first.expect_value("backing_serial"), "smoke-backing");
-    assert_eq!(first.expect_value("backing_lbs"), "4096");
-    assert_eq!(first.expect_value("bcache_dev"), "/dev/bcache0");
-    assert_eq!(first.expect_value("cset"), cset);
-    assert_eq!(first.expect_value("cache_mode"), "[writethrough] writeback writearound none");
-    assert_eq!(first.expect_value("state"), "clean");
+    first.assert_value("uname", &vm.assets().release);
+    first.assert_value("cache_serial", "smoke-cache");
+    first.assert_value("backing_serial", "smoke-backing");
+    first.assert_value("backing_lbs", "4096");
+    first.assert_value("bcache_dev", "/dev/bcache0");
+    first.assert_value("cset", &cset);
+    first.assert_value("cache_mode", "[writethrough] writeback writearound none");
+    first.assert_value("state", "clean");
     assert!(first.section("sysfs-ls").lines().any(|l| l.trim() == cset), "cache set not in /sys/fs/bcache:\n{}", first.section("sysfs-ls"));
+    let shown = first.section("c-super-show");
+    assert!(shown.lines().any(|l| l.starts_with("cset.uuid") && l.ends_with(&cset)), "C bcache-super-show in the guest:\n{shown}");
     let reg = first.dmesg_since("register").expect("mark in dmesg");
     assert!(reg.contains("bcache: register_bdev() registered backing device vdb"), "dmesg after register:\n{reg}");
     assert!(reg.contains(&format!("Caching vdb as bcache0 on set {cset}")), "backing device not attached:\n{reg}");
@@ -141,8 +148,8 @@ fn boot_register_write_and_persist() {
         "#,
     );
     eprintln!("second boot: {:.1} s in QEMU", second.elapsed.as_secs_f64());
-    assert_eq!(second.expect_value("cset"), cset);
-    assert_eq!(second.expect_value("state"), "clean");
+    second.assert_value("cset", &cset);
+    second.assert_value("state", "clean");
     second.assert_check("readback-after-reboot");
 }
 
@@ -159,15 +166,30 @@ fn failures_are_reported() {
         emit after yes
         "#,
     );
-    assert_eq!(out.status, Some(1), "{}", out.report());
-    assert!(!out.ok());
-    assert_eq!(out.value("before"), Some("yes"));
-    assert_eq!(out.value("after"), None);
+    let report = out.report();
+    assert_eq!(out.status, Some(1), "{report}");
+    assert!(!out.ok(), "{report}");
+    assert_eq!(out.value("before"), Some("yes"), "{report}");
+    assert_eq!(out.value("after"), None, "{report}");
     let checks = out.checks();
-    assert_eq!(checks.len(), 2, "{checks:?}");
-    assert!(!checks[0].passed && checks[0].name == "will-fail" && checks[0].detail.contains("expected 'a', got 'b'"));
-    assert!(checks[1].passed);
-    assert!(out.stderr.contains("+ false"), "{}", out.stderr);
-    assert!(out.stderr.contains("scenario failed with exit status 1"), "{}", out.stderr);
-    assert!(!out.dmesg.is_empty(), "no dmesg from the guest");
+    assert_eq!(checks.len(), 2, "{checks:?}\n{report}");
+    assert!(!checks[0].passed && checks[0].name == "will-fail" && checks[0].detail.contains("expected 'a', got 'b'"), "{checks:?}");
+    assert!(checks[1].passed, "{checks:?}");
+    assert!(out.stderr.contains("+ false"), "{report}");
+    assert!(out.stderr.contains("scenario failed with exit status 1"), "{report}");
+    assert!(!out.dmesg.is_empty(), "no dmesg from the guest\n{report}");
+}
+
+/// A guest that never finishes is killed at the timeout and fails the test.
+/// (45 s: a loaded 2-core machine can take 20 s to boot the guest.)
+#[test]
+fn hung_guest_times_out() {
+    let start = Instant::now();
+    let result = std::panic::catch_unwind(|| Vm::new().timeout(Duration::from_secs(45)).run("echo started; sleep 600"));
+    let elapsed = start.elapsed();
+    let err = result.expect_err("a hung guest must fail the test");
+    let msg = err.downcast_ref::<String>().cloned().unwrap_or_default();
+    assert!(msg.contains("VM timed out after 45 s"), "{msg}");
+    assert!(msg.contains("+ sleep 600"), "the report shows the trace: {msg}");
+    assert!(elapsed < Duration::from_secs(90), "took {elapsed:?}");
 }
