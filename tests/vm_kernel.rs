@@ -370,3 +370,29 @@ fn caches_need_more_than_512_buckets() {
     let dmesg = out.section("small_dmesg");
     assert!(dmesg.contains("cache device is too small"), "the kernel says why: {dmesg}");
 }
+
+/// A zoned backing device (null_blk, host-managed zones of 4 MiB, the
+/// first one conventional): the data starts at the zone size by default,
+/// an offset off the zone grid and writeback are refused.
+#[test]
+fn zoned_backing_devices() {
+    let mut vm = new_vm();
+    vm.module("configfs");
+    let out = vm.run(&scenario(
+        r#"
+        insmod /lib/modules/null_blk.ko nr_devices=1 zoned=1 zone_size=4 zone_nr_conv=1 gb=1 memory_backed=1 bs=512
+        wait_for /dev/nullb0
+        check_eq zoned host-managed "$(cat /sys/block/nullb0/queue/zoned)"
+        emit writeback "$(res bcache make -B --writeback /dev/nullb0)"
+        emit unaligned "$(res bcache make -B -o 2048 /dev/nullb0)"
+        check make bcache make -B /dev/nullb0
+        section show bcache super-show /dev/nullb0
+        "#,
+    ));
+    let wb = out.value("writeback").unwrap();
+    assert!(wb.contains("writeback is not supported on zoned backing devices") && wb.ends_with("status=1"), "{wb}");
+    let un = out.value("unaligned").unwrap();
+    assert!(un.contains("multiple of the zone size (8192 sectors)") && un.ends_with("status=1"), "{un}");
+    let show = out.section("show");
+    assert!(show.contains("sb.version\t\t4 [backing device]") && show.contains("dev.data.first_sector\t8192"), "{show}");
+}

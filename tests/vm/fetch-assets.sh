@@ -36,7 +36,7 @@ CACHE=${BCACHE_VM_CACHE:-${HOME:-/root}/.cache/bcache-tools-vm}
 # jbd2, ext4 and libcrc32c want a crc32c implementation) are not followed: their
 # providers must be listed here, before their users. The harness (tests/common/vm.rs)
 # loads a subset at boot, in an order it computes from depends= and softdep=.
-WANTED="virtio_blk virtio_console dm-mod loop crc16 crc32c_generic mbcache jbd2 ext4 libcrc32c xfs bcache"
+WANTED="virtio_blk virtio_console dm-mod loop crc16 crc32c_generic mbcache jbd2 ext4 libcrc32c xfs null_blk bcache"
 
 say() { printf 'fetch-assets: %s\n' "$*" >&2; }
 die() { say "error: $*"; exit 1; }
@@ -57,6 +57,8 @@ complete_cache() {
     while read -r ko; do
         [ -s "$CACHE/modules/$ko" ] || return 1
     done < "$CACHE/modules/load-order"
+    # A cache made for another module list is refetched.
+    [ "$(cat "$CACHE/wanted" 2>/dev/null)" = "$WANTED" ]
 }
 
 if [ "$refresh" = 0 ] && complete_cache; then
@@ -179,6 +181,7 @@ if [ -s "$WORK/vmlinux" ]; then
 fi
 [ -f "$WORK/root/boot/config-$release" ] && cp "$WORK/root/boot/config-$release" "$CACHE/config"
 echo "$pkg $version" > "$CACHE/kernel-package"
+echo "$WANTED" > "$CACHE/wanted"
 echo "$release" > "$CACHE/kernel-release"
 
 say "modules, in load order: $(tr '\n' ' ' < "$CACHE/modules/load-order")"
