@@ -294,3 +294,28 @@ fn register_raw_refuses_hostile_input() {
     let dirty = out.value("ours_dirty").unwrap();
     assert!(dirty.contains("state dirty needs a cache set uuid"), "{dirty}");
 }
+
+/// A raw device registered dirty whose cache set never comes: `running`
+/// (here through `bcache run --force`) starts it, and the uevent that
+/// replaces the superblock write says stale.
+#[test]
+fn raw_forced_run_reports_stale() {
+    let scratch = Scratch::new();
+    let mut vm = patched_vm();
+    vm.disk(&scratch.image("b.img", 64 * MIB));
+    let out = vm.run(&format!(
+        r#"{RES}
+        uevent sh -c '[ -n "$BCACHE_RAW" ] && echo "ev $BCACHE_STATE $BCACHE_UUID" >> /tmp/uevents' &
+        check register bcache register --raw /dev/vda --uuid 3c3c3c3c-1111-4222-8333-444444444444 --cset 9d9d9d9d-5555-4666-8777-888888888888 --mode writeback --state dirty
+        wait_for /sys/block/vda/bcache/running
+        check_eq waits 0 "$(cat /sys/block/vda/bcache/running)"
+        emit refused "$(res bcache run /dev/vda)"
+        check forced bcache run --force /dev/vda
+        bcache_of /dev/vda
+        wait_until 30 grep -q "^ev stale 3c3c3c3c-1111-4222-8333-444444444444" /tmp/uevents
+        check_eq state inconsistent "$(cat /sys/block/vda/bcache/state)"
+        "#
+    ));
+    let refused = out.value("refused").unwrap();
+    assert!(refused.contains("would lose those writes") && refused.ends_with("status=1"), "{refused}");
+}
