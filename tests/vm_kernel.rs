@@ -9,16 +9,12 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
 use bcache::superblock::*;
-use common::pattern;
+use common::{pattern, RES};
 use common::vm::{Scratch, Vm};
 use uuid::Uuid;
 
 const MIB: u64 = 1 << 20;
 
-/// `res CMD...` prints CMD's output and exit status on one line
-/// ("... status=N"), for `emit`.
-const RES: &str = r#"res() { _o=$("$@" 2>&1) && _s=0 || _s=$?; printf '%s status=%s' "$(echo "$_o" | tr '\n' ' ')" "$_s"; }
-"#;
 
 fn scenario(body: &str) -> String {
     format!("{RES}{body}")

@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::pattern;
+use common::{pattern, RES};
 use common::vm::{Scratch, Vm};
 
 const MIB: u64 = 1 << 20;
@@ -17,9 +17,6 @@ fn patched_vm() -> Vm {
 }
 
 
-/// `res CMD...` prints CMD's output and exit status on one line.
-const RES: &str = r#"res() { _o=$("$@" 2>&1) && _s=0 || _s=$?; printf '%s status=%s' "$(echo "$_o" | tr '\n' ' ')" "$_s"; }
-"#;
 
 /// An ext4 file system with files, registered raw: the bcache device shows
 /// the same files, and a write through it lands at the same offset of the

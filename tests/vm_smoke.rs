@@ -8,6 +8,7 @@
 
 mod common;
 
+use common::pattern;
 use common::vm::{self, DiskOptions, Scratch, Vm};
 use std::path::Path;
 use std::process::Command;
@@ -18,18 +19,6 @@ const PATTERN_LEN: usize = 256 * 1024;
 /// Backing devices made by make-bcache without -o start their data at sector 16.
 const DATA_OFFSET: u64 = 16 * 512;
 
-/// Deterministic, incompressible test data (xorshift64).
-fn pattern(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            (x >> 24) as u8
-        })
-        .collect()
-}
 
 fn host_tool(args: &[&str]) -> String {
     let out = Command::new(args[0]).args(&args[1..]).output().unwrap_or_else(|e| panic!("{}: {e} (apt-get install bcache-tools)", args[0]));

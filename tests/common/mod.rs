@@ -26,3 +26,9 @@ pub fn pattern(len: usize, seed: u64) -> Vec<u8> {
         })
         .collect()
 }
+
+/// A guest shell function: `res CMD...` prints CMD's output and exit status
+/// on one line ("... status=N"), for `emit`. Put it before a scenario.
+#[allow(dead_code)]
+pub const RES: &str = r#"res() { _o=$("$@" 2>&1) && _s=0 || _s=$?; printf '%s status=%s' "$(echo "$_o" | tr '\n' ' ')" "$_s"; }
+"#;
