@@ -1044,8 +1044,7 @@ impl GuestFs {
     fn write_cpio(&self, dest: &Path) {
         let f = fs::File::create(dest).unwrap_or_else(|e| panic!("create {}: {e}", dest.display()));
         let mut w = BufWriter::with_capacity(1 << 20, f);
-        let mut ino = 1u32;
-        for (path, node) in &self.nodes {
+        for (ino, (path, node)) in (1u32..).zip(&self.nodes) {
             let name = path.trim_start_matches('/');
             let (mode, data, rdev) = match node {
                 Node::Dir => (0o040755, Vec::new(), (0, 0)),
@@ -1055,7 +1054,6 @@ impl GuestFs {
                 Node::CharDev(maj, min, m) => (0o020000 | m, Vec::new(), (*maj, *min)),
             };
             cpio_entry(&mut w, ino, mode, name, &data, rdev);
-            ino += 1;
         }
         cpio_entry(&mut w, 0, 0, "TRAILER!!!", &[], (0, 0));
         w.flush().unwrap();
