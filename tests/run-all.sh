@@ -11,3 +11,5 @@ kernel/build.sh "$(cat "${BCACHE_VM_CACHE:-${HOME:-/root}/.cache/bcache-tools-vm
 cargo test --all-targets -- --test-threads=2
 # The stock behaviour, again on the patched module.
 BCACHE_VM_PATCHED=1 cargo test --test vm_kernel -- --test-threads=2
+# The superblock parser must never panic (cargo-fuzz, installed if missing).
+fuzz/run.sh "${FUZZ_SECONDS:-60}"
