@@ -53,8 +53,13 @@ pub fn run(args: &ProbeArgs, legacy: bool) -> anyhow::Result<Outcome> {
 /// The superblock of a device that is bcache and nothing else.
 fn probe(path: &Path, legacy: bool) -> Option<Superblock> {
     let dev = Device::open(path, Access::Read).ok()?;
-    let sigs = dev.signatures().ok()?;
-    if sigs.iter().any(|s| legacy || !s.is_bcache()) {
+    let foreign = if legacy {
+        // bcache-tools skips a device libblkid recognises at all.
+        dev.first_signature().ok()?.is_some()
+    } else {
+        dev.signatures().ok()?.iter().any(|s| !s.is_bcache())
+    };
+    if foreign {
         return None;
     }
     let sb = dev.read_superblock().ok()?;
