@@ -15,13 +15,14 @@ use bcache::superblock::{DeviceGeometry, Superblock, SB_LEN};
 const STRUCT_END: usize = SB_LEN + 2;
 
 /// A device geometry made from the input's first bytes: byte 0 picks a
-/// logical block size (powers of two from 1 to 64 KiB, and some odd
-/// values), bytes 1..9 the capacity in sectors. Short inputs use zeros.
+/// logical block size (below 0x80 a power of two from 1 byte to 32 KiB,
+/// above it a multiple of 3 that is no power of two), bytes 1..9 the
+/// capacity in sectors.
 fn geometry(data: &[u8]) -> DeviceGeometry {
     let byte = |i: usize| data.get(i).copied().unwrap_or(0);
     let b0 = byte(0);
     let logical_block_size = if b0 & 0x80 == 0 {
-        1u32 << (b0 & 0x0f).min(16)
+        1u32 << (b0 & 0x0f)
     } else {
         u32::from(b0) * 3
     };
@@ -44,10 +45,10 @@ fuzz_target!(|data: &[u8]| {
 
     let bytes = sb.to_bytes();
     let again = Superblock::parse(&bytes).expect("a serialised superblock parses");
-    // The serialised block is 4 KiB, so it always carries
-    // obso_bucket_size_hi; the first parse read it only when the input
-    // reached past byte 2258, and as zero otherwise. Both read it as the
-    // same value then.
+    // The serialised block is 4 KiB, so the second parse always reads
+    // obso_bucket_size_hi. The first read it from the input only when the
+    // input reached byte 2258, and as zero otherwise; to_bytes writes what
+    // was read, so the two agree either way.
     assert_eq!(again, sb, "parse(to_bytes(sb)) != sb");
     assert_eq!(again.to_bytes()[..], bytes[..], "to_bytes is not stable");
     // What the serialiser writes is what was read, byte for byte, up to
