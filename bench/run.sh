@@ -5,8 +5,12 @@
 #
 # Usage: bench/run.sh
 # Environment:
-#   RUNS       timed runs per command (default 100; at least 30 is sensible)
-#   WARMUP     untimed runs first (default 10)
+#   RUNS       timed runs per command and round (default 50; at least 30
+#              is sensible)
+#   ROUNDS     rounds (default 5): each round times every pair again, ours
+#              then C back to back, so both meet the same load; the medians
+#              are of all rounds' runs pooled
+#   WARMUP     untimed runs before each pair in each round (default 5)
 #   BENCH_DIR  where the sparse 1 GiB images go (default: a new directory
 #              under ${TMPDIR:-/tmp}; its file system matters for make's fsync)
 #   BENCH_OUT  the Markdown file to update (default: BENCHMARKS.md at the
@@ -14,15 +18,21 @@
 #              "<!-- bench:begin -->" and "<!-- bench:end -->" is replaced,
 #              so notes around it stay
 #
-# Prints the table and always exits 0 once it has measured: timings are
+# Then counts, once per command, what does not depend on the machine's
+# load: page faults (perf), system calls (strace), instructions (valgrind's
+# callgrind); each is "n/a" when its tool is missing (none is installed for
+# this). About a minute in all, after the release build.
+#
+# Prints the tables and always exits 0 once it has measured: timings are
 # reported, not judged. The goal is ratio = ours/C (of the medians) <= 1.0
 # for make and <= 1.5 for super-show and probe.
 set -euo pipefail
 
 here=$(cd "$(dirname "$0")" && pwd)
 root=$(dirname "$here")
-runs=${RUNS:-100}
-warmup=${WARMUP:-10}
+runs=${RUNS:-50}
+rounds=${ROUNDS:-5}
+warmup=${WARMUP:-5}
 out=${BENCH_OUT:-$root/BENCHMARKS.md}
 
 apt_install() {
@@ -109,44 +119,95 @@ for case in "${cases[@]}"; do
 done
 
 load_before=$(cut -d' ' -f1-3 /proc/loadavg)
-i=0
-for case in "${cases[@]}"; do
-    IFS='|' read -r name goal cmd_ours cmd_c prep <<<"$case"
-    i=$((i + 1))
-    echo "== $name" >&2
-    args=(-N --warmup "$warmup" --runs "$runs" --export-json "$work/$i.json")
-    [[ -n $prep ]] && args+=(--prepare "$prep")
-    hyperfine "${args[@]}" -n ours "$cmd_ours" -n C "$cmd_c" >&2
+for round in $(seq "$rounds"); do
+    i=0
+    for case in "${cases[@]}"; do
+        IFS='|' read -r name goal cmd_ours cmd_c prep <<<"$case"
+        i=$((i + 1))
+        echo "== round $round/$rounds: $name" >&2
+        args=(-N --warmup "$warmup" --runs "$runs" --export-json "$work/$i.$round.json")
+        [[ -n $prep ]] && args+=(--prepare "$prep")
+        hyperfine "${args[@]}" -n ours "$cmd_ours" -n C "$cmd_c" >&2
+    done
 done
 
 load_after=$(cut -d' ' -f1-3 /proc/loadavg)
+
+# Costs that do not depend on the machine's load, one run each: page
+# faults (perf), system calls (strace), user-space instructions (valgrind's
+# callgrind, which counts the dynamic loader too). A tool that is missing
+# gives "n/a"; none of them is installed for this.
+count_faults() {
+    command -v perf >/dev/null || { echo n/a; return; }
+    perf stat -x, -e page-faults -o "$work/perf" -- "$@" >/dev/null 2>&1 || { echo n/a; return; }
+    awk -F, '/page-faults/ { print $1 }' "$work/perf"
+}
+count_syscalls() {
+    command -v strace >/dev/null || { echo n/a; return; }
+    strace -f -o "$work/strace" -- "$@" >/dev/null 2>&1 || { echo n/a; return; }
+    grep -cv -e '^[0-9]* *+++' -e '^[0-9]* *---' "$work/strace"
+}
+count_instructions() {
+    command -v valgrind >/dev/null || { echo n/a; return; }
+    valgrind --tool=callgrind --callgrind-out-file=/dev/null -- "$@" >/dev/null 2>"$work/vg" || { echo n/a; return; }
+    sed -n 's/.*Collected : \([0-9]*\).*/\1/p' "$work/vg"
+}
+: >"$work/costs"
+for case in "${cases[@]}"; do
+    IFS='|' read -r name goal cmd_ours cmd_c prep <<<"$case"
+    line=$name
+    for cmd in "$cmd_ours" "$cmd_c"; do
+        for counter in count_faults count_syscalls count_instructions; do
+            [[ -n $prep ]] && $prep
+            # shellcheck disable=SC2086 # the command is words, as for hyperfine -N
+            line+="|$($counter $cmd)"
+        done
+    done
+    echo "$line" >>"$work/costs"
+done
+
 cpu=$(grep -m1 '^model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//')
 fs=$(df -T "$work" | awk 'NR == 2 { print $2 }')
 c_version=$(dpkg-query -W -f='${Version}' bcache-tools 2>/dev/null || echo unknown)
 blkid_version=$(dpkg-query -W -f='${Version}' libblkid1 2>/dev/null || echo unknown)
 
-export BENCH_WORK=$work BENCH_RUNS=$runs BENCH_WARMUP=$warmup BENCH_CPU=$cpu BENCH_FS=$fs
+export BENCH_WORK=$work BENCH_RUNS=$runs BENCH_ROUNDS=$rounds BENCH_WARMUP=$warmup BENCH_CPU=$cpu BENCH_FS=$fs
 export BENCH_OURS_VERSION="$("$ours" --version) ($(git -C "$root" rev-parse --short HEAD 2>/dev/null || echo no git)$(git -C "$root" diff --quiet HEAD -- src Cargo.toml Cargo.lock 2>/dev/null || echo ', with uncommitted changes'))"
 export BENCH_C_VERSION=$c_version BENCH_BLKID_VERSION=$blkid_version
 export BENCH_HYPERFINE_VERSION=$(hyperfine --version) BENCH_RUSTC_VERSION=$(rustc --version)
 export BENCH_KERNEL=$(uname -r) BENCH_OUT=$out
+export BENCH_BINARY="$(stat -c %s "$ours") bytes, needs $(readelf -d "$ours" 2>/dev/null | sed -n 's/.*NEEDED.*\[\(.*\)\]/\1/p' | paste -sd, - | sed 's/,/, /g')"
 export BENCH_LOAD="$load_before before, $load_after after"
 printf '%s\n' "${cases[@]}" >"$work/cases"
 
 python3 - <<'EOF'
-import datetime, json, os, re
+import datetime, json, os, re, statistics
 
 work = os.environ["BENCH_WORK"]
+rounds = int(os.environ["BENCH_ROUNDS"])
+
+def pooled(i):
+    """Each command's runs over every round: median, min, max, mean CPU."""
+    times, cpu = {}, {}
+    for r in range(1, rounds + 1):
+        for res in json.load(open(os.path.join(work, f"{i}.{r}.json")))["results"]:
+            times.setdefault(res["command"], []).extend(res["times"])
+            cpu.setdefault(res["command"], []).append(res["user"] + res["system"])
+    return {
+        k: {"median": statistics.median(t), "min": min(t), "max": max(t), "cpu": statistics.mean(cpu[k])}
+        for k, t in times.items()
+    }
+
 rows, commands = [], []
 for i, line in enumerate(open(os.path.join(work, "cases")).read().splitlines(), 1):
     name, goal, cmd_ours, cmd_c, prep = line.split("|")
-    res = {r["command"]: r for r in json.load(open(os.path.join(work, f"{i}.json")))["results"]}
+    res = pooled(i)
     ours, c = res["ours"], res["C"]
     ratio = ours["median"] / c["median"]
     verdict = "yes" if ratio <= float(goal) else "**no**"
     ms = lambda r: f'{r["median"] * 1000:.2f}'
     spread = lambda r: f'{r["min"] * 1000:.2f} / {r["max"] * 1000:.2f}'
-    cpu = lambda r: f'{(r["user"] + r["system"]) * 1000:.2f}'
+    cpu = lambda r: f'{r["cpu"] * 1000:.2f}'
     rows.append(f"| {name} | {ms(ours)} | {ms(c)} | {ratio:.2f} | ≤ {goal} | {verdict} | {spread(ours)} | {spread(c)} | {cpu(ours)} | {cpu(c)} |")
     commands.append((name, cmd_ours, cmd_c, prep))
 
@@ -160,13 +221,32 @@ table = "\n".join([
     "|---|---:|---:|---:|---:|:---:|---:|---:|---:|---:|",
     *rows,
 ])
+def fmt(v):
+    return f"{int(v):,}" if v.isdigit() else v
+
+def ratio_of(a, b):
+    return f"{int(a) / int(b):.2f}" if a.isdigit() and b.isdigit() and int(b) else "n/a"
+
+cost_rows = []
+for line in open(os.path.join(work, "costs")).read().splitlines():
+    name, of, osc, oi, cf, csc, ci = line.split("|")
+    cost_rows.append(
+        f"| {name} | {fmt(of)} | {fmt(cf)} | {fmt(osc)} | {fmt(csc)} | {fmt(oi)} | {fmt(ci)} | {ratio_of(oi, ci)} |"
+    )
+costs = "\n".join([
+    "| command | ours page faults | C page faults | ours syscalls | C syscalls | ours instructions | C instructions | instructions ours/C |",
+    "|---|---:|---:|---:|---:|---:|---:|---:|",
+    *cost_rows,
+])
+
 now = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
 lines = [
     "<!-- bench:begin -->",
     "<!-- Written by bench/run.sh; edit outside the markers. -->",
     "",
-    f"Measured {now} by `bench/run.sh` ({e['BENCH_WARMUP']} warmup runs, {e['BENCH_RUNS']} timed runs per command, "
-    "`hyperfine -N`, so no shell sits between hyperfine and the tool).",
+    f"Measured {now} by `bench/run.sh`: {e['BENCH_ROUNDS']} rounds, each timing every pair (ours, then C) with "
+    f"{e['BENCH_WARMUP']} warmup and {e['BENCH_RUNS']} timed runs per command; `hyperfine -N`, so no shell sits "
+    "between hyperfine and the tool.",
     "",
     "| | |",
     "|---|---|",
@@ -174,14 +254,19 @@ lines = [
     f"| kernel | {e['BENCH_KERNEL']} |",
     f"| load average (1, 5, 15 min) | {e['BENCH_LOAD']} |",
     f"| images | sparse 1 GiB files on {e['BENCH_FS']} |",
-    f"| ours | {e['BENCH_OURS_VERSION']}, release build, {e['BENCH_RUSTC_VERSION']} |",
+    f"| ours | {e['BENCH_OURS_VERSION']}, release build, {e['BENCH_RUSTC_VERSION']}; {e['BENCH_BINARY']} |",
     f"| C | bcache-tools {e['BENCH_C_VERSION']} (Debian), libblkid {e['BENCH_BLKID_VERSION']} |",
     f"| hyperfine | {e['BENCH_HYPERFINE_VERSION']} |",
     "",
     table,
     "",
-    "Wall-clock medians over the timed runs; the ratio is of the medians. CPU is the mean user + system time "
+    "Wall-clock medians over all rounds' timed runs; the ratio is of the medians. CPU is the mean user + system time "
     "of one run. Other work on the machine shows in the load average above and widens min / max.",
+    "",
+    "Load-independent costs of one run (page faults from `perf stat`, system calls from `strace -f`, "
+    "user-space instructions including the dynamic loader from `valgrind --tool=callgrind`):",
+    "",
+    costs,
     "",
     "Commands (`$W` is the scratch directory; `$W/bin/bcache` is a copy of `target/release/bcache`, "
     "`$W/bin/probe-bcache` a link to it; `$W/fresh IMG` truncates IMG to 0 and then to 1 GiB):",
@@ -203,5 +288,7 @@ pattern = re.compile(r"<!-- bench:begin -->.*?<!-- bench:end -->", re.S)
 text = pattern.sub(lambda _: block, text) if pattern.search(text) else text.rstrip("\n") + "\n\n" + block + "\n"
 open(out, "w").write(text)
 print(table)
+print()
+print(costs)
 print(f"\n(written to {out})")
 EOF
