@@ -90,19 +90,16 @@ pub fn main() -> ExitCode {
     if name != "bcache" && !LEGACY_NAMES.contains(&name.as_str()) {
         args[0] = "bcache".into();
     }
-    // The command tree lives until exit: dropping it costs a short command
-    // like super-show a sixth of its run time, for nothing.
-    let command: &'static mut clap::Command = Box::leak(Box::new(Applet::command()));
-    let matches = match command.try_get_matches_from_mut(&args) {
-        Ok(m) => m,
-        Err(e) => return usage_error(&usage_name(&name, &args), e),
+    let prog = program_name(&name, &args);
+    let parsed = match quick_parse(&name, &args) {
+        Some(parsed) => parsed,
+        None => full_parse(&args),
     };
-    let applet = match Applet::from_arg_matches(&matches) {
-        Ok(a) => a,
-        Err(e) => return usage_error(&usage_name(&name, &args), e),
+    let (applet, matches) = match parsed {
+        Ok(p) => p,
+        Err(e) => return usage_error(&prog, e),
     };
-    let prog = display_name(&matches);
-    match run(applet, &matches) {
+    match run(applet, leaf(&matches)) {
         Ok(Outcome::Ok) => ExitCode::SUCCESS,
         Ok(Outcome::Exit(code)) => ExitCode::from(code),
         Err(e) => {
@@ -112,15 +109,64 @@ pub fn main() -> ExitCode {
     }
 }
 
-/// The program as a usage error names it: "bcache make" when the first
-/// argument names a command.
-fn usage_name(name: &str, args: &[OsString]) -> String {
-    let sub = args.get(1).and_then(|a| a.to_str()).filter(|a| {
-        name == "bcache" && Applet::command().find_subcommand("bcache").is_some_and(|b| b.find_subcommand(a).is_some())
-    });
-    match sub {
-        Some(sub) => format!("{name} {sub}"),
-        None => name.to_owned(),
+/// The commands of `bcache` (the hidden `generate` aside).
+const COMMANDS: [&str; 9] =
+    ["make", "super-show", "probe", "register", "unregister", "attach", "detach", "stop", "run"];
+
+/// The whole multi-call tree: what help, version, man pages and anything
+/// unusual need.
+fn full_parse(args: &[OsString]) -> Result<(Applet, ArgMatches), clap::Error> {
+    let matches = Applet::command().try_get_matches_from(args)?;
+    Ok((Applet::from_arg_matches(&matches)?, matches))
+}
+
+/// The parser of the one command invoked, and nothing else: building the
+/// whole tree costs a short command like super-show a fifth of its run
+/// time. `None` (use [`full_parse`]) for help, version and anything but a
+/// plain command; their output needs the whole tree.
+fn quick_parse(name: &str, args: &[OsString]) -> Option<Result<(Applet, ArgMatches), clap::Error>> {
+    let asks_help = args[1..]
+        .iter()
+        .any(|a| matches!(a.to_str(), Some("-h" | "--help" | "-V" | "--version" | "help")));
+    if asks_help {
+        return None;
+    }
+    fn one<A: clap::Args + FromArgMatches>(
+        name: &str,
+        args: &[OsString],
+        wrap: fn(A) -> Applet,
+    ) -> Result<(Applet, ArgMatches), clap::Error> {
+        let matches = A::augment_args(clap::Command::new(name.to_owned())).try_get_matches_from(args)?;
+        Ok((wrap(A::from_arg_matches(&matches)?), matches))
+    }
+    fn sub(c: Command) -> Applet {
+        Applet::Bcache(Bcache { command: c })
+    }
+    let rest = &args[1..];
+    Some(match (name, args.get(1).and_then(|a| a.to_str())) {
+        ("make-bcache", _) => one(name, args, Applet::MakeBcache),
+        ("bcache-super-show", _) => one(name, args, Applet::BcacheSuperShow),
+        ("probe-bcache", _) => one(name, args, Applet::ProbeBcache),
+        ("bcache-register", _) => one(name, args, Applet::BcacheRegister),
+        ("bcache", Some(c @ "make")) => one(c, rest, |a| sub(Command::Make(a))),
+        ("bcache", Some(c @ "super-show")) => one(c, rest, |a| sub(Command::SuperShow(a))),
+        ("bcache", Some(c @ "probe")) => one(c, rest, |a| sub(Command::Probe(a))),
+        ("bcache", Some(c @ "register")) => one(c, rest, |a| sub(Command::Register(a))),
+        ("bcache", Some(c @ "unregister")) => one(c, rest, |a| sub(Command::Unregister(a))),
+        ("bcache", Some(c @ "attach")) => one(c, rest, |a| sub(Command::Attach(a))),
+        ("bcache", Some(c @ "detach")) => one(c, rest, |a| sub(Command::Detach(a))),
+        ("bcache", Some(c @ "stop")) => one(c, rest, |a| sub(Command::Stop(a))),
+        ("bcache", Some(c @ "run")) => one(c, rest, |a| sub(Command::Run(a))),
+        _ => return None,
+    })
+}
+
+/// How messages name the program: "make-bcache", or "bcache make" when the
+/// first argument names a command.
+fn program_name(name: &str, args: &[OsString]) -> String {
+    match args.get(1).and_then(|a| a.to_str()) {
+        Some(sub) if name == "bcache" && COMMANDS.contains(&sub) => format!("{name} {sub}"),
+        _ => name.to_owned(),
     }
 }
 
@@ -139,18 +185,6 @@ fn usage_error(prog: &str, e: clap::Error) -> ExitCode {
     ExitCode::from(2)
 }
 
-/// "make-bcache" or "bcache make": how error messages name the program.
-fn display_name(m: &ArgMatches) -> String {
-    match m.subcommand() {
-        Some(("bcache", sub)) => match sub.subcommand_name() {
-            Some(cmd) => format!("bcache {cmd}"),
-            None => "bcache".into(),
-        },
-        Some((name, _)) => name.to_owned(),
-        None => "bcache".into(),
-    }
-}
-
 /// The matches of the innermost command, for arguments whose order
 /// matters (make's -C/-B).
 fn leaf(m: &ArgMatches) -> &ArgMatches {
@@ -160,8 +194,7 @@ fn leaf(m: &ArgMatches) -> &ArgMatches {
     }
 }
 
-fn run(applet: Applet, matches: &ArgMatches) -> anyhow::Result<Outcome> {
-    let leaf = leaf(matches);
+fn run(applet: Applet, leaf: &ArgMatches) -> anyhow::Result<Outcome> {
     match applet {
         Applet::MakeBcache(a) => make::run(&a, leaf),
         Applet::BcacheSuperShow(a) => show::run(&a),
@@ -179,5 +212,19 @@ fn run(applet: Applet, matches: &ArgMatches) -> anyhow::Result<Outcome> {
             Command::Run(a) => kernel::run(&a),
             Command::Generate(a) => man::generate(&a),
         },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_command_list_matches_the_definition() {
+        let all = Applet::command();
+        let bcache = all.find_subcommand("bcache").unwrap();
+        let names: Vec<&str> =
+            bcache.get_subcommands().filter(|c| !c.is_hide_set()).map(|c| c.get_name()).collect();
+        assert_eq!(names, COMMANDS);
     }
 }
