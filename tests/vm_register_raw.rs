@@ -104,7 +104,14 @@ fn raw_dirty_device_waits_for_its_cache_set() {
         check dirty_data_intact sh -c "dd if=$B bs=64k count=64 2>/dev/null | cmp - /root/data.bin"
 
         echo 1 > /sys/block/vdb/bcache/writeback_running
-        wait_until 60 grep -q "^ev clean $CSET" /tmp/uevents
+        # Written back: the kernel reports clean again (after attach's clean
+        # and the dirty one).
+        wait_until 60 sh -c '[ "$(cat /sys/block/vdb/bcache/state)" = clean ]'
+        wait_until 30 sh -c "grep '^ev ' /tmp/uevents | sed -n '/^ev dirty/,\$p' | grep -q '^ev clean $CSET'"
+        echo writearound > /sys/block/vdb/bcache/cache_mode
+        wait_until 30 grep -q "^ev clean $CSET writearound raw1" /tmp/uevents
+        echo relabelled > /sys/block/vdb/bcache/label
+        wait_until 30 grep -q "^ev clean $CSET writearound relabelled" /tmp/uevents
         check detach bcache detach /dev/vdb
         wait_until 60 grep -q "^ev none 00000000-0000-0000-0000-000000000000" /tmp/uevents
         # bcache wrote behind the raw device's page cache.
@@ -115,7 +122,8 @@ fn raw_dirty_device_waits_for_its_cache_set() {
     ));
     let events = out.section("uevents");
     let states: Vec<&str> = events.lines().filter_map(|l| l.split_whitespace().nth(1)).collect();
-    // attach (clean), first dirty write, writeback done (clean), detach (none)
+    // attach (clean), first dirty write, writeback done (clean), cache_mode
+    // and label changes (clean, with the new values), detach (none)
     for want in ["clean", "dirty", "clean", "none"] {
         assert!(states.contains(&want), "no {want} uevent in {events}");
     }
