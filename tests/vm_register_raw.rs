@@ -145,6 +145,9 @@ impl Rng {
     fn below(&mut self, n: u64) -> u64 {
         self.next() % n
     }
+    fn pick<'a>(&mut self, items: &[&'a str]) -> &'a str {
+        items[self.below(items.len() as u64) as usize]
+    }
     fn uuid(&mut self) -> String {
         uuid::Uuid::from_u64_pair(self.next(), self.next()).hyphenated().to_string()
     }
@@ -172,7 +175,7 @@ fn hostile_lines(n: usize, taken: (&str, &str), cache: &str, formatted: &str, fr
                 let mut bad = u.clone().into_bytes();
                 let at = rng.below(bad.len() as u64) as usize;
                 // Never a hex digit or a hyphen: the uuid must stay bad.
-                bad[at] = if bad[at] == b'-' { b'0' } else { b"gz_ x"[rng.below(5) as usize] };
+                bad[at] = if bad[at] == b'-' { b'0' } else { rng.pick(&["g", "z", "_", " ", "x"]).as_bytes()[0] };
                 if i % 24 == 3 {
                     bad.truncate(35);
                 }
@@ -189,7 +192,7 @@ fn hostile_lines(n: usize, taken: (&str, &str), cache: &str, formatted: &str, fr
                 _ => format!("{free} {u}").into_bytes(),
             },
             6 => {
-                let opt = [
+                let opt = rng.pick(&[
                     "data_offset=-1",
                     "data_offset=99999999999999999999999",
                     "data_offset=18446744073709551615",
@@ -200,7 +203,7 @@ fn hostile_lines(n: usize, taken: (&str, &str), cache: &str, formatted: &str, fr
                     "block_size=-4096",
                     "block_size=256",
                     "data_offset=",
-                ][rng.below(10) as usize];
+                ]);
                 format!("{free} {u} none {opt}").into_bytes()
             }
             7 => format!("/dev/nonexistent{i} {u} none").into_bytes(),
@@ -208,7 +211,7 @@ fn hostile_lines(n: usize, taken: (&str, &str), cache: &str, formatted: &str, fr
             9 => format!("{} {u} none", taken.0).into_bytes(),
             10 => format!("{formatted} {u} none").into_bytes(),
             _ => {
-                let tail = [
+                let tail = rng.pick(&[
                     "cache_mode=writeback cache_mode=writeback",
                     "colour=blue",
                     "trailing",
@@ -219,7 +222,7 @@ fn hostile_lines(n: usize, taken: (&str, &str), cache: &str, formatted: &str, fr
                     "label=0123456789012345678901234567890123",
                     "label=a\u{1}b",
                     "=",
-                ][rng.below(10) as usize];
+                ]);
                 format!("{free} {u} none {tail}").into_bytes()
             }
         };
