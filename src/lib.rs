@@ -3,10 +3,14 @@
 //!
 //! The `bcache` binary is a thin layer over this library.
 
+pub mod apply;
+pub mod bcachetab;
 pub mod device;
+pub mod header;
 pub mod make;
 pub mod raw;
 pub mod show;
+pub mod state;
 pub mod superblock;
 pub mod units;
 pub mod sysfs;

@@ -6,6 +6,7 @@ mod make;
 mod man;
 mod probe;
 mod show;
+mod tab;
 
 use std::ffi::OsString;
 use std::path::Path;
@@ -33,6 +34,10 @@ pub enum Applet {
     /// `bcache register`).
     #[command(name = "bcache-register", version)]
     BcacheRegister(kernel::RegisterArgs),
+    /// Bring up bcachetab's devices (the name udev rules and initramfs
+    /// scripts use for `bcache tab apply`).
+    #[command(name = "bcachetab-apply", version)]
+    BcachetabApply(tab::ApplyArgs),
 }
 
 /// Manage bcache devices: format, inspect, register, attach and stop them.
@@ -62,13 +67,15 @@ pub enum Command {
     /// cache device.
     Stop(kernel::DevArgs),
     Run(kernel::RunArgs),
+    Adopt(tab::AdoptArgs),
+    Tab(tab::TabArgs),
     #[command(hide = true)]
     Generate(man::GenerateArgs),
 }
 
 /// The applet names, for invocation through links and for man pages.
-pub const LEGACY_NAMES: [&str; 4] =
-    ["make-bcache", "bcache-super-show", "probe-bcache", "bcache-register"];
+pub const LEGACY_NAMES: [&str; 5] =
+    ["make-bcache", "bcache-super-show", "probe-bcache", "bcache-register", "bcachetab-apply"];
 
 /// How a command ended, beyond success.
 pub enum Outcome {
@@ -110,8 +117,9 @@ pub fn main() -> ExitCode {
 }
 
 /// The commands of `bcache` (the hidden `generate` aside).
-const COMMANDS: [&str; 9] =
-    ["make", "super-show", "probe", "register", "unregister", "attach", "detach", "stop", "run"];
+const COMMANDS: [&str; 11] = [
+    "make", "super-show", "probe", "register", "unregister", "attach", "detach", "stop", "run", "adopt", "tab",
+];
 
 /// The whole multi-call tree: what help, version, man pages and anything
 /// unusual need.
@@ -148,6 +156,7 @@ fn quick_parse(name: &str, args: &[OsString]) -> Option<Result<(Applet, ArgMatch
         ("bcache-super-show", _) => one(name, args, Applet::BcacheSuperShow),
         ("probe-bcache", _) => one(name, args, Applet::ProbeBcache),
         ("bcache-register", _) => one(name, args, Applet::BcacheRegister),
+        ("bcachetab-apply", _) => one(name, args, Applet::BcachetabApply),
         ("bcache", Some(c @ "make")) => one(c, rest, |a| sub(Command::Make(a))),
         ("bcache", Some(c @ "super-show")) => one(c, rest, |a| sub(Command::SuperShow(a))),
         ("bcache", Some(c @ "probe")) => one(c, rest, |a| sub(Command::Probe(a))),
@@ -157,6 +166,8 @@ fn quick_parse(name: &str, args: &[OsString]) -> Option<Result<(Applet, ArgMatch
         ("bcache", Some(c @ "detach")) => one(c, rest, |a| sub(Command::Detach(a))),
         ("bcache", Some(c @ "stop")) => one(c, rest, |a| sub(Command::Stop(a))),
         ("bcache", Some(c @ "run")) => one(c, rest, |a| sub(Command::Run(a))),
+        ("bcache", Some(c @ "adopt")) => one(c, rest, |a| sub(Command::Adopt(a))),
+        ("bcache", Some(c @ "tab")) => one(c, rest, |a| sub(Command::Tab(a))),
         _ => return None,
     })
 }
@@ -200,6 +211,7 @@ fn run(applet: Applet, leaf: &ArgMatches) -> anyhow::Result<Outcome> {
         Applet::BcacheSuperShow(a) => show::run(&a),
         Applet::ProbeBcache(a) => probe::run(&a, true),
         Applet::BcacheRegister(a) => kernel::register(&a),
+        Applet::BcachetabApply(a) => tab::apply_cmd(&a),
         Applet::Bcache(Bcache { command }) => match command {
             Command::Make(a) => make::run(&a, leaf),
             Command::SuperShow(a) => show::run(&a),
@@ -210,6 +222,8 @@ fn run(applet: Applet, leaf: &ArgMatches) -> anyhow::Result<Outcome> {
             Command::Detach(a) => kernel::detach(&a),
             Command::Stop(a) => kernel::stop(&a),
             Command::Run(a) => kernel::run(&a),
+            Command::Adopt(a) => tab::adopt(&a),
+            Command::Tab(a) => tab::tab(&a),
             Command::Generate(a) => man::generate(&a),
         },
     }

@@ -1,0 +1,444 @@
+//! Bringing bcachetab's devices up: which device a line names, what the
+//! kernel is told about it (the dirty-data rules), registration through
+//! either layout, the tunables, and each device's live status.
+
+use std::fs;
+use std::io;
+use std::path::{Path, PathBuf};
+
+use uuid::Uuid;
+
+use crate::bcachetab::{DeviceSpec, Entry, Layout, Tab};
+use crate::device::{Access, Device, DeviceError};
+use crate::header::{self, HeaderError, HeaderParams};
+use crate::raw::{RawBacking, RawError};
+use crate::state::{self, Record, State, StateError};
+use crate::superblock::{BdevState, CacheMode};
+use crate::sysfs::{Registered, Sysfs, SysfsError};
+
+/// Where bcachetab, the state file and the run-time files are.
+#[derive(Debug, Clone)]
+pub struct Env {
+    pub sysfs: Sysfs,
+    pub tab: PathBuf,
+    pub state: PathBuf,
+    /// Run-time files: headers, locks (normally /run/bcache).
+    pub run_dir: PathBuf,
+}
+
+impl Default for Env {
+    fn default() -> Env {
+        Env {
+            sysfs: Sysfs::default(),
+            tab: PathBuf::from(crate::bcachetab::DEFAULT_PATH),
+            state: PathBuf::from(state::DEFAULT_PATH),
+            run_dir: PathBuf::from("/run/bcache"),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApplyError {
+    #[error("no device is {0}")]
+    NotFound(String),
+    #[error(
+        "its layout is recorded as {from} but would now be {to}, and cache set {set} may hold data for it \
+         (cached extents are keyed by the backing device's sectors): detach it first (bcache detach, which \
+         writes dirty data back), or pin layout={from}"
+    )]
+    LayoutSwitch { from: &'static str, to: &'static str, set: Uuid },
+    #[error("layout=raw needs the register_raw interface of the patched module (kernel/), which this kernel lacks")]
+    NoRegisterRaw,
+    #[error(
+        "it is attached to cache set {attached} but bcachetab names {} : detach it from {attached} first \
+         (bcache detach writes its dirty data back)", .named.map_or("none".to_owned(), |n| n.to_string())
+    )]
+    OtherSet { attached: Uuid, named: Option<Uuid> },
+    #[error(
+        "the state file here is a copy (an initramfs's) that marks it stale, but it may have been attached \
+         again since: left for the system to bring up (update the initramfs after bcache run --force)"
+    )]
+    StaleCopy,
+    #[error(transparent)]
+    State(#[from] StateError),
+    #[error(transparent)]
+    Raw(#[from] RawError),
+    #[error(transparent)]
+    Header(#[from] HeaderError),
+    #[error(transparent)]
+    Sysfs(#[from] SysfsError),
+    #[error(transparent)]
+    Device(#[from] DeviceError),
+    #[error("{}: {}", .0.display(), crate::os_error_text(.1))]
+    Io(PathBuf, io::Error),
+}
+
+/// What the kernel is told about a device.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Registration {
+    pub layout: Layout,
+    pub set_uuid: Option<Uuid>,
+    pub state: BdevState,
+    pub mode: CacheMode,
+    pub data_offset: u64,
+}
+
+/// The dirty-data rules. A device whose cache set may hold dirty data for
+/// it is registered dirty, so it waits for the set; a device run without
+/// its set is registered stale, so the next attach drops the set's old
+/// data; only what the state file proves relaxes this. A copy of the
+/// state file (an initramfs's) may be out of date and proves less.
+pub fn registration(
+    entry: &Entry,
+    record: Option<&Record>,
+    is_copy: bool,
+    has_raw: bool,
+) -> Result<Registration, ApplyError> {
+    let pinned = entry.options.layout;
+    let recorded = record.and_then(|r| r.layout);
+    let mut layout = pinned.or(recorded).unwrap_or(if has_raw { Layout::Raw } else { Layout::Header });
+    if layout == Layout::Raw && !has_raw {
+        if pinned == Some(Layout::Raw) {
+            return Err(ApplyError::NoRegisterRaw);
+        }
+        layout = Layout::Header;
+    }
+    let attached = record.and_then(|r| r.attached);
+    let stale = record.is_some_and(|r| r.stale);
+    if let (Some(from), Some(set)) = (recorded, attached) {
+        if from != layout && !stale {
+            return Err(ApplyError::LayoutSwitch { from: from.name(), to: layout.name(), set });
+        }
+    }
+    // A device attached to a set keeps it until a detach is recorded,
+    // whatever bcachetab says: that set may hold its dirty data.
+    if let Some(a) = attached.filter(|_| !stale) {
+        if entry.cset != Some(a) {
+            return Err(ApplyError::OtherSet { attached: a, named: entry.cset });
+        }
+    }
+    let mode = entry.options.mode;
+    let state = match entry.cset {
+        None => BdevState::None,
+        Some(_) if stale && is_copy && mode == CacheMode::Writeback => return Err(ApplyError::StaleCopy),
+        Some(_) if stale => BdevState::Stale,
+        Some(_) if mode == CacheMode::Writeback || record.and_then(|r| r.mode) == Some(CacheMode::Writeback) => {
+            // Never attached (proved by an up-to-date record): the set has
+            // no slot, and the device attaches afresh when it comes.
+            let never_attached = !is_copy && record.is_some() && attached.is_none();
+            if never_attached {
+                BdevState::None
+            } else {
+                BdevState::Dirty
+            }
+        }
+        // Writethrough and the others hold no dirty data: a clean device
+        // waits for its set to keep the cache warm (or its timeout).
+        Some(_) if attached.is_some() => BdevState::Clean,
+        Some(_) => BdevState::None,
+    };
+    let data_offset = match layout {
+        Layout::Raw => entry.options.data_offset.unwrap_or(0),
+        Layout::Header => header::HEADER_SECTORS,
+    };
+    Ok(Registration { layout, set_uuid: entry.cset, state, mode, data_offset })
+}
+
+/// A device's live status.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[serde(tag = "status", rename_all = "snake_case")]
+pub enum Status {
+    /// No device matches the line.
+    Missing,
+    /// Present, not registered.
+    Down { device: String },
+    /// Running as /dev/bcacheN.
+    Up { device: String, bcache: String },
+    /// Registered, waiting for its cache set.
+    Waiting { device: String, set: Option<Uuid>, dirty: bool },
+}
+
+impl std::fmt::Display for Status {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Status::Missing => f.write_str("missing: no device matches"),
+            Status::Down { .. } => f.write_str("down"),
+            Status::Up { bcache, .. } => write!(f, "up: {bcache}"),
+            Status::Waiting { set, dirty, .. } => {
+                let set = set.map_or("its cache set".to_owned(), |s| format!("cache set {s}"));
+                if *dirty {
+                    write!(f, "waiting for {set}: it may hold dirty data (bcache run --force loses it)")
+                } else {
+                    write!(f, "waiting for {set}")
+                }
+            }
+        }
+    }
+}
+
+/// Properties of a block device, as a udev event would carry them.
+pub type Props<'a> = &'a dyn Fn(&str) -> Option<String>;
+
+/// Finds the device a line names by looking at the system's block devices
+/// (when no udev event says which one it is).
+pub fn resolve(spec: &DeviceSpec) -> Option<PathBuf> {
+    match spec {
+        DeviceSpec::Path(p) => p.exists().then(|| p.clone()),
+        DeviceSpec::PartUuid(v) => link_target(&format!("/dev/disk/by-partuuid/{v}")),
+        DeviceSpec::PartLabel(v) => link_target(&format!("/dev/disk/by-partlabel/{v}")),
+        // /dev/disk/by-uuid names the bcache device once it is up (same
+        // file system): probe the candidates themselves.
+        DeviceSpec::Uuid(_) | DeviceSpec::Label(_) => candidates().into_iter().find(|dev| {
+            let ids = identify(dev);
+            spec.matches(&|k| ids.iter().find(|(key, _)| key == k).map(|(_, v)| v.clone()))
+        }),
+    }
+}
+
+fn link_target(link: &str) -> Option<PathBuf> {
+    fs::canonicalize(link).ok()
+}
+
+/// Block devices that may be backing devices: not bcache's own, not this
+/// tool's headers, not empty loop devices.
+fn candidates() -> Vec<PathBuf> {
+    let Ok(dir) = fs::read_dir("/sys/class/block") else { return Vec::new() };
+    let mut out: Vec<PathBuf> = dir
+        .filter_map(|e| {
+            let e = e.ok()?;
+            let name = e.file_name().into_string().ok()?;
+            let sys = e.path();
+            let skip = ["bcache", "ram", "zram", "sr", "fd", "nbd"].iter().any(|p| name.starts_with(p))
+                || (name.starts_with("loop") && !sys.join("loop/backing_file").exists())
+                || fs::read_to_string(sys.join("dm/uuid")).is_ok_and(|u| u.starts_with("BCACHETAB-"))
+                || fs::read_to_string(sys.join("size")).is_ok_and(|s| s.trim() == "0");
+            (!skip).then(|| PathBuf::from("/dev").join(name))
+        })
+        .collect();
+    out.sort();
+    out
+}
+
+/// The uuid of a device's content (its file system's), as blkid reports it.
+pub fn content_uuid(dev: &Path) -> Option<String> {
+    identify(dev).into_iter().find(|(k, _)| k == "ID_FS_UUID").map(|(_, v)| v)
+}
+
+/// What blkid says of a device's content, as udev names it.
+fn identify(dev: &Path) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    let Ok(mut probe) = libblkid_rs::BlkidProbe::new_from_filename(dev) else { return out };
+    if probe.enable_superblocks(true).is_err() || probe.do_safeprobe().is_err() {
+        return out;
+    }
+    for (key, udev) in [("UUID", "ID_FS_UUID"), ("LABEL", "ID_FS_LABEL"), ("TYPE", "ID_FS_TYPE")] {
+        if let Ok(v) = probe.lookup_value(key) {
+            out.push((udev.to_owned(), v));
+        }
+    }
+    out
+}
+
+/// Serialises work on one device between processes (udev runs events of
+/// different devices, and add and change of one, concurrently).
+fn device_lock(env: &Env, uuid: &Uuid) -> Result<state::Lock, ApplyError> {
+    Ok(state::Lock::take(&env.run_dir.join("lock").join(uuid.hyphenated().to_string()))?)
+}
+
+/// The device registered for an entry, if any: the device itself (raw),
+/// or the dm device of its header.
+fn registered_as(env: &Env, entry: &Entry, dev: &Device) -> Option<(PathBuf, u64)> {
+    if let Some((path, rdev)) = header::find(&entry.uuid) {
+        return Some((path, rdev));
+    }
+    let rdev = dev.rdev()?;
+    matches!(env.sysfs.registered(rdev), Some(Registered::Backing(_))).then(|| (dev.path().to_owned(), rdev))
+}
+
+/// Registers the device of `entry` (found at `path`) unless it already is,
+/// then sets its tunables. Idempotent.
+pub fn bring_up(env: &Env, entry: &Entry, path: &Path) -> Result<Status, ApplyError> {
+    let _lock = device_lock(env, &entry.uuid)?;
+    let dev = Device::open(path, Access::Read)?;
+    if registered_as(env, entry, &dev).is_none() {
+        let st = State::load(&env.state)?;
+        let has_raw = env.sysfs.bcache_dir()?.join("register_raw").exists();
+        let reg = registration(entry, st.get(&entry.uuid), st.is_copy, has_raw)?;
+        let shown = path.to_string_lossy().into_owned();
+        match reg.layout {
+            Layout::Raw => {
+                let raw = RawBacking {
+                    uuid: entry.uuid,
+                    set_uuid: reg.set_uuid,
+                    data_offset: reg.data_offset,
+                    block_size: entry.options.block_size,
+                    cache_mode: reg.mode,
+                    state: reg.state,
+                    label: entry.options.label.clone(),
+                };
+                raw.validate(&dev)?;
+                env.sysfs.register_raw(&shown, &raw.line(&shown))?;
+            }
+            Layout::Header => {
+                let joined = header::set_up(
+                    &env.run_dir,
+                    &dev,
+                    &HeaderParams {
+                        uuid: entry.uuid,
+                        set_uuid: reg.set_uuid,
+                        state: reg.state,
+                        cache_mode: reg.mode,
+                        label: &entry.options.label,
+                        block_size: entry.options.block_size.unwrap_or(dev.logical_block_size()),
+                    },
+                )?;
+                drop(dev);
+                env.sysfs.register(&joined.to_string_lossy(), false)?;
+            }
+        }
+        state::update(&env.state, entry.uuid, |r| {
+            r.layout = Some(reg.layout);
+            r.mode = Some(reg.mode);
+        })?;
+        let dev = Device::open(path, Access::Read)?;
+        let (_, rdev) = registered_as(env, entry, &dev).ok_or_else(|| {
+            ApplyError::Io(path.to_owned(), io::Error::other("registered, but bcache does not show it"))
+        })?;
+        let dir = env.sysfs.backing_dir(&shown, rdev)?;
+        for t in &entry.options.tunables {
+            env.sysfs.write(&shown, &dir.join(t.attr), &t.value)?;
+        }
+    }
+    Ok(status(env, entry))
+}
+
+/// The live status of a line's device.
+pub fn status(env: &Env, entry: &Entry) -> Status {
+    let Some(path) = resolve(&entry.device) else { return Status::Missing };
+    let device = path.to_string_lossy().into_owned();
+    let Ok(dev) = Device::open(&path, Access::Read) else { return Status::Down { device } };
+    let Some((_, rdev)) = registered_as(env, entry, &dev) else { return Status::Down { device } };
+    let Ok(dir) = env.sysfs.backing_dir(&device, rdev) else { return Status::Down { device } };
+    let read = |attr: &str| fs::read_to_string(dir.join(attr)).map(|s| s.trim().to_owned()).ok();
+    // The bcache disk is the directory `dev` links to, once it runs.
+    let bcache = fs::read_link(dir.join("dev"))
+        .ok()
+        .and_then(|l| Some(format!("/dev/{}", l.file_name()?.to_str()?)));
+    match (read("running").as_deref(), bcache) {
+        (Some("1"), Some(bcache)) => Status::Up { device, bcache },
+        _ => Status::Waiting {
+            device,
+            set: entry.cset,
+            dirty: read("state").as_deref() == Some("dirty")
+                || entry.options.mode == CacheMode::Writeback,
+        },
+    }
+}
+
+/// Records a state change the kernel reported for a raw-registered device
+/// (the change uevent of register_raw: BCACHE_UUID, BCACHE_STATE, ...).
+pub fn record_uevent(env: &Env, props: Props) -> Result<(), ApplyError> {
+    let Some(uuid) = props("BCACHE_UUID").and_then(|u| u.parse::<Uuid>().ok()) else {
+        return Ok(());
+    };
+    let set = props("BCACHE_SET_UUID").and_then(|u| u.parse::<Uuid>().ok()).filter(|u| !u.is_nil());
+    let st = props("BCACHE_STATE").and_then(|s| BdevState::ALL.into_iter().find(|x| x.name() == s));
+    let mode = props("BCACHE_CACHE_MODE").and_then(|m| m.parse().ok());
+    state::update(&env.state, uuid, |r| note(r, set, st, mode))?;
+    Ok(())
+}
+
+/// Folds a superblock state the kernel wrote into a record.
+fn note(r: &mut Record, set: Option<Uuid>, st: Option<BdevState>, mode: Option<CacheMode>) {
+    match st {
+        // Run without its set: its slot must be dropped at the next attach.
+        Some(BdevState::Stale) => r.stale = true,
+        // Attached (again): the set holds a slot, a fresh one after stale.
+        Some(BdevState::Clean | BdevState::Dirty) if set.is_some() => {
+            r.attached = set;
+            r.stale = false;
+        }
+        // Detached: the set dropped its slot after writing dirty data back.
+        Some(BdevState::None) if set.is_none() => {
+            r.attached = None;
+            r.stale = false;
+        }
+        _ => {}
+    }
+    if st.is_some() {
+        r.state = st;
+    }
+    if mode.is_some() {
+        r.mode = mode;
+    }
+}
+
+/// Reads back what the kernel wrote into the headers set up at this boot
+/// (stock kernels emit no uevent for it) into the state file.
+pub fn sync_headers(env: &Env, tab: &Tab) -> Result<(), ApplyError> {
+    for e in &tab.entries {
+        if let Some(sb) = header::read_back(&env.run_dir, &e.uuid) {
+            let set = Some(sb.set_uuid).filter(|u| !u.is_nil());
+            state::update(&env.state, e.uuid, |r| note(r, set, Some(sb.state()), sb.cache_mode()))?;
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::bcachetab::Options;
+
+    fn entry(cset: Option<u128>, mode: CacheMode) -> Entry {
+        Entry {
+            line: 1,
+            name: None,
+            device: DeviceSpec::Path("/dev/vdb".into()),
+            uuid: Uuid::from_u128(1),
+            cset: cset.map(Uuid::from_u128),
+            options: Options { mode, ..Options::default() },
+        }
+    }
+
+    fn rec(attached: Option<u128>, stale: bool, layout: Layout) -> Record {
+        Record { layout: Some(layout), attached: attached.map(Uuid::from_u128), stale, ..Record::default() }
+    }
+
+    #[test]
+    fn writeback_waits_unless_the_record_proves_otherwise() {
+        let wb = entry(Some(9), CacheMode::Writeback);
+        let state = |r: Option<&Record>, copy| registration(&wb, r, copy, true).map(|g| g.state);
+        // Unknown: assume dirty.
+        assert_eq!(state(None, false).unwrap(), BdevState::Dirty);
+        assert_eq!(state(Some(&rec(Some(9), false, Layout::Raw)), false).unwrap(), BdevState::Dirty);
+        // Known never attached: attach afresh.
+        assert_eq!(state(Some(&rec(None, false, Layout::Raw)), false).unwrap(), BdevState::None);
+        // ...but a copy may predate the attach.
+        assert_eq!(state(Some(&rec(None, false, Layout::Raw)), true).unwrap(), BdevState::Dirty);
+        assert_eq!(state(Some(&rec(Some(9), true, Layout::Raw)), false).unwrap(), BdevState::Stale);
+        assert!(matches!(state(Some(&rec(Some(9), true, Layout::Raw)), true), Err(ApplyError::StaleCopy)));
+    }
+
+    #[test]
+    fn writethrough_waits_only_when_attached() {
+        let wt = entry(Some(9), CacheMode::Writethrough);
+        let state = |r: Option<&Record>| registration(&wt, r, false, true).unwrap().state;
+        assert_eq!(state(None), BdevState::None);
+        assert_eq!(state(Some(&rec(Some(9), false, Layout::Raw))), BdevState::Clean);
+        assert_eq!(state(Some(&rec(Some(9), true, Layout::Raw))), BdevState::Stale);
+    }
+
+    #[test]
+    fn layout_switch_and_other_set_are_refused_while_attached() {
+        let wb = entry(Some(9), CacheMode::Writeback);
+        let r = rec(Some(9), false, Layout::Raw);
+        assert!(matches!(registration(&wb, Some(&r), false, false), Err(ApplyError::LayoutSwitch { .. })));
+        let free = rec(None, false, Layout::Raw);
+        assert_eq!(registration(&wb, Some(&free), false, false).unwrap().layout, Layout::Header);
+        let moved = entry(Some(8), CacheMode::Writeback);
+        assert!(matches!(registration(&moved, Some(&r), false, true), Err(ApplyError::OtherSet { .. })));
+        let none = entry(None, CacheMode::Writethrough);
+        assert!(matches!(registration(&none, Some(&r), false, true), Err(ApplyError::OtherSet { .. })));
+    }
+}

@@ -1,0 +1,555 @@
+//! `/etc/bcachetab`: the backing devices used with bcache without a
+//! superblock of their own, declared once, one per line (bcachetab(5)).
+//!
+//! ```text
+//! # name  device                        uuid                                  cset                                  options
+//! data0   /dev/disk/by-id/wwn-0x5000c5  6f1c1e0a-3b44-4e0b-9c57-1f0f0b6a7d21  0a9e1f4c-57d1-4bb8-a2f0-3e0c9fd1e0aa  mode=writeback,sequential_cutoff=4M
+//! ```
+//!
+//! Parsing never stops at a bad line: each problem is reported with the
+//! file, the line and the field, and the good lines are kept, so that one
+//! typo does not keep every other device down at boot.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use uuid::Uuid;
+
+use crate::superblock::{CacheMode, LABEL_LEN};
+use crate::units::parse_bytes;
+
+/// Where bcachetab lives unless told otherwise.
+pub const DEFAULT_PATH: &str = "/etc/bcachetab";
+
+/// How the device's data is presented to bcache.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Layout {
+    /// register_raw (patched module): the kernel builds the superblock from
+    /// text; the device's data starts at its first sector.
+    Raw,
+    /// Stock kernels: an 8 KiB header holding a superblock, joined in front
+    /// of the device by a dm-linear table; that device is registered.
+    Header,
+}
+
+impl Layout {
+    pub fn name(self) -> &'static str {
+        match self {
+            Layout::Raw => "raw",
+            Layout::Header => "header",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Layout> {
+        match s {
+            "raw" => Some(Layout::Raw),
+            "header" => Some(Layout::Header),
+            _ => None,
+        }
+    }
+}
+
+/// How a line names its backing device. Stable names (UUID=, PARTUUID=,
+/// PARTLABEL=, LABEL=, /dev/disk/by-id/...) survive renumbering; a plain
+/// path does not.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DeviceSpec {
+    /// The filesystem (or other content) uuid, as blkid reports it.
+    Uuid(String),
+    /// The filesystem label.
+    Label(String),
+    /// The partition's uuid in its partition table.
+    PartUuid(String),
+    /// The partition's name in a GPT.
+    PartLabel(String),
+    /// A path under /dev, e.g. a /dev/disk/by-id link.
+    Path(PathBuf),
+}
+
+impl DeviceSpec {
+    pub fn parse(s: &str) -> Result<DeviceSpec, String> {
+        let tagged = |tag: &str| s.strip_prefix(tag).map(str::to_owned);
+        let spec = if let Some(v) = tagged("UUID=") {
+            DeviceSpec::Uuid(v.to_ascii_lowercase())
+        } else if let Some(v) = tagged("PARTUUID=") {
+            DeviceSpec::PartUuid(v.to_ascii_lowercase())
+        } else if let Some(v) = tagged("PARTLABEL=") {
+            DeviceSpec::PartLabel(v)
+        } else if let Some(v) = tagged("LABEL=") {
+            DeviceSpec::Label(v)
+        } else if s.starts_with("/dev/") {
+            return Ok(DeviceSpec::Path(PathBuf::from(s)));
+        } else {
+            return Err(format!(
+                "'{s}' is not a device (UUID=, PARTUUID=, PARTLABEL=, LABEL= or a /dev path)"
+            ));
+        };
+        match &spec {
+            DeviceSpec::Uuid(v) | DeviceSpec::PartUuid(v) | DeviceSpec::PartLabel(v) | DeviceSpec::Label(v)
+                if v.is_empty() =>
+            {
+                Err(format!("'{s}' names nothing"))
+            }
+            _ => Ok(spec),
+        }
+    }
+
+    /// Whether a block device with these udev properties (as in a udev
+    /// event: DEVNAME, DEVLINKS, ID_FS_UUID, ...) is the one named.
+    pub fn matches(&self, props: &dyn Fn(&str) -> Option<String>) -> bool {
+        let eq = |key: &str, want: &str, fold: bool| {
+            props(key).is_some_and(|v| if fold { v.eq_ignore_ascii_case(want) } else { v == want })
+        };
+        match self {
+            DeviceSpec::Uuid(u) => eq("ID_FS_UUID", u, true),
+            DeviceSpec::Label(l) => eq("ID_FS_LABEL", l, false),
+            DeviceSpec::PartUuid(u) => eq("ID_PART_ENTRY_UUID", u, true),
+            DeviceSpec::PartLabel(l) => eq("ID_PART_ENTRY_NAME", l, false),
+            DeviceSpec::Path(p) => {
+                let p = p.to_string_lossy();
+                props("DEVNAME").is_some_and(|d| d == p)
+                    || props("DEVLINKS").is_some_and(|links| links.split(' ').any(|l| l == p))
+            }
+        }
+    }
+}
+
+impl fmt::Display for DeviceSpec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            DeviceSpec::Uuid(v) => write!(f, "UUID={v}"),
+            DeviceSpec::Label(v) => write!(f, "LABEL={v}"),
+            DeviceSpec::PartUuid(v) => write!(f, "PARTUUID={v}"),
+            DeviceSpec::PartLabel(v) => write!(f, "PARTLABEL={v}"),
+            DeviceSpec::Path(p) => write!(f, "{}", p.display()),
+        }
+    }
+}
+
+/// The kind of value a backing device attribute in sysfs takes.
+#[derive(Clone, Copy)]
+enum Kind {
+    /// Bytes, with the k/M/G suffixes the kernel accepts.
+    Size,
+    Number,
+    Flag,
+    Choice(&'static [&'static str]),
+}
+
+/// The tunables of a backing device (/sys/block/<dev>/bcache/) that the
+/// kernel forgets at every registration, so bcachetab sets them again.
+const TUNABLES: &[(&str, Kind)] = &[
+    ("sequential_cutoff", Kind::Size),
+    ("readahead_cache_policy", Kind::Choice(&["all", "meta-only"])),
+    ("stop_when_cache_set_failed", Kind::Choice(&["auto", "always"])),
+    ("writeback_metadata", Kind::Flag),
+    ("writeback_running", Kind::Flag),
+    ("writeback_delay", Kind::Number),
+    ("writeback_percent", Kind::Number),
+    ("writeback_rate", Kind::Size),
+    ("writeback_consider_fragment", Kind::Flag),
+    ("writeback_rate_update_seconds", Kind::Number),
+    ("writeback_rate_i_term_inverse", Kind::Number),
+    ("writeback_rate_p_term_inverse", Kind::Number),
+    ("writeback_rate_fp_term_low", Kind::Number),
+    ("writeback_rate_fp_term_mid", Kind::Number),
+    ("writeback_rate_fp_term_high", Kind::Number),
+    ("writeback_rate_minimum", Kind::Number),
+    ("io_error_limit", Kind::Number),
+    ("io_disable", Kind::Flag),
+];
+
+/// The option names bcachetab knows besides the tunables.
+const OPTIONS: &[&str] = &["mode", "layout", "offset", "block", "label", "timeout"];
+
+/// A sysfs attribute and the value to write to it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Tunable {
+    pub attr: &'static str,
+    pub value: String,
+}
+
+/// The options field of a line.
+#[derive(Debug, Clone, PartialEq, Eq, Default, serde::Serialize)]
+pub struct Options {
+    pub mode: CacheMode,
+    /// Pinned layout; otherwise the one recorded for the device, or the
+    /// kernel's best.
+    pub layout: Option<Layout>,
+    /// Sectors before the data on the device itself (raw layout only).
+    pub data_offset: Option<u64>,
+    /// Bytes; the device's logical block size when not given.
+    pub block_size: Option<u32>,
+    pub label: String,
+    /// Seconds a device with a cache set (not in writeback) waits for the
+    /// set before it runs without it: for caches that may not come back
+    /// (ephemeral disks).
+    pub timeout: Option<u32>,
+    pub tunables: Vec<Tunable>,
+}
+
+/// One line of bcachetab.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Entry {
+    /// 1-based line number in the file.
+    pub line: usize,
+    /// Name for /dev/bcache/<name>, if any.
+    pub name: Option<String>,
+    pub device: DeviceSpec,
+    /// The backing device's bcache uuid. It must never change: the cache
+    /// set finds the device's cached (and dirty) data by it.
+    pub uuid: Uuid,
+    pub cset: Option<Uuid>,
+    pub options: Options,
+}
+
+/// A problem found in bcachetab: `file:line: field: message`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{}:{line}: {field}: {message}", path.display())]
+pub struct TabError {
+    pub path: PathBuf,
+    pub line: usize,
+    pub field: String,
+    pub message: String,
+}
+
+/// A parsed bcachetab: the good lines and the problems of the bad ones.
+#[derive(Debug, Clone, Default)]
+pub struct Tab {
+    pub path: PathBuf,
+    pub entries: Vec<Entry>,
+    pub errors: Vec<TabError>,
+}
+
+impl Tab {
+    /// Reads and parses a bcachetab; a missing file is an empty table.
+    pub fn load(path: &Path) -> std::io::Result<Tab> {
+        match std::fs::read(path) {
+            Ok(bytes) => Ok(Tab::parse(&String::from_utf8_lossy(&bytes), path)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                Ok(Tab { path: path.to_owned(), ..Tab::default() })
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    pub fn parse(text: &str, path: &Path) -> Tab {
+        let mut tab = Tab { path: path.to_owned(), ..Tab::default() };
+        let mut seen_uuid: HashMap<Uuid, usize> = HashMap::new();
+        let mut seen_name: HashMap<String, usize> = HashMap::new();
+        let mut seen_device: HashMap<String, usize> = HashMap::new();
+        for (i, raw) in text.lines().enumerate() {
+            let line = i + 1;
+            let content = raw.split_once('#').map_or(raw, |(c, _)| c).trim();
+            if content.is_empty() {
+                continue;
+            }
+            let entry = match parse_line(content, line) {
+                Ok(e) => e,
+                Err((field, message)) => {
+                    tab.errors.push(tab.error(line, field, message));
+                    continue;
+                }
+            };
+            // A repeated uuid would give two devices one slot in the cache
+            // set: the second line is refused, the first kept.
+            let problem = dup(&seen_uuid, &entry.uuid, "uuid")
+                .or_else(|| entry.name.as_ref().and_then(|n| dup(&seen_name, n, "name")))
+                .or_else(|| dup(&seen_device, &entry.device.to_string(), "device"));
+            if let Some((field, message)) = problem {
+                tab.errors.push(tab.error(line, field, message));
+                continue;
+            }
+            seen_uuid.insert(entry.uuid, line);
+            if let Some(n) = &entry.name {
+                seen_name.insert(n.clone(), line);
+            }
+            seen_device.insert(entry.device.to_string(), line);
+            tab.entries.push(entry);
+        }
+        tab
+    }
+
+    fn error(&self, line: usize, field: &str, message: String) -> TabError {
+        TabError { path: self.path.clone(), line, field: field.to_owned(), message }
+    }
+
+    pub fn by_uuid(&self, uuid: &Uuid) -> Option<&Entry> {
+        self.entries.iter().find(|e| &e.uuid == uuid)
+    }
+
+    pub fn by_name(&self, name: &str) -> Option<&Entry> {
+        self.entries.iter().find(|e| e.name.as_deref() == Some(name))
+    }
+
+    /// The entry for the device a udev event describes.
+    pub fn matching(&self, props: &dyn Fn(&str) -> Option<String>) -> Option<&Entry> {
+        self.entries.iter().find(|e| e.device.matches(props))
+    }
+}
+
+type FieldError = (&'static str, String);
+
+/// The problem of a value already used on an earlier line.
+fn dup<K: std::hash::Hash + Eq>(seen: &HashMap<K, usize>, key: &K, field: &'static str) -> Option<FieldError> {
+    seen.get(key).map(|first| (field, format!("{field} already used on line {first}")))
+}
+
+fn parse_line(content: &str, line: usize) -> Result<Entry, FieldError> {
+    let fields: Vec<&str> = content.split_whitespace().collect();
+    if fields.len() < 4 {
+        let missing = ["name", "device", "uuid", "cset"][fields.len()];
+        return Err((missing, "missing (a line is: name device uuid cset [options])".into()));
+    }
+    if fields.len() > 5 {
+        return Err(("options", format!("unexpected '{}' after the options", fields[5])));
+    }
+    let name = match fields[0] {
+        "-" => None,
+        n => Some(check_name(n).map_err(|m| ("name", m))?.to_owned()),
+    };
+    let device = DeviceSpec::parse(fields[1]).map_err(|m| ("device", m))?;
+    let uuid = parse_uuid(fields[2]).map_err(|m| ("uuid", m))?;
+    let cset = match fields[3] {
+        "-" | "none" => None,
+        s => Some(parse_uuid(s).map_err(|m| ("cset", m))?),
+    };
+    let options = match fields.get(4) {
+        None | Some(&"-") => Options::default(),
+        Some(s) => parse_options(s)?,
+    };
+    if options.timeout.is_some() && options.mode == CacheMode::Writeback {
+        return Err(("timeout", "a writeback device never runs without its cache set: no timeout".into()));
+    }
+    if options.timeout.is_some() && cset.is_none() {
+        return Err(("timeout", "only a device with a cache set waits".into()));
+    }
+    if options.data_offset.is_some_and(|o| o != 0) && options.layout == Some(Layout::Header) {
+        return Err(("offset", "the header layout puts the data at the device's first sector: no offset".into()));
+    }
+    Ok(Entry { line, name, device, uuid, cset, options })
+}
+
+/// Names become /dev/bcache/<name> and part of a device-mapper name.
+pub fn check_name(n: &str) -> Result<&str, String> {
+    let ok = n.len() <= 64
+        && n.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-' | '+'))
+        && !n.starts_with(['.', '-'])
+        && !n.starts_with("by-");
+    if ok {
+        Ok(n)
+    } else {
+        Err(format!(
+            "'{n}' is not a name (up to 64 of A-Z a-z 0-9 . _ - +, not starting with '.', '-' or 'by-')"
+        ))
+    }
+}
+
+fn parse_uuid(s: &str) -> Result<Uuid, String> {
+    let u = Uuid::try_parse(s).map_err(|_| format!("'{s}' is not a uuid"))?;
+    if u.is_nil() {
+        return Err("the nil uuid is not allowed".into());
+    }
+    Ok(u)
+}
+
+fn parse_options(s: &str) -> Result<Options, FieldError> {
+    let mut o = Options::default();
+    let mut seen: Vec<&str> = Vec::new();
+    for opt in s.split(',') {
+        let (key, value) = opt.split_once('=').unwrap_or((opt, ""));
+        let known = OPTIONS.iter().chain(TUNABLES.iter().map(|(n, _)| n)).find(|k| **k == key);
+        let Some(&key) = known else {
+            return Err(("options", format!("unknown option '{key}'")));
+        };
+        if seen.contains(&key) {
+            return Err(("options", format!("option '{key}' given twice")));
+        }
+        seen.push(key);
+        if value.is_empty() {
+            return Err(("options", format!("option '{key}' needs a value ({key}=...)")));
+        }
+        let field = |m: String| (key, m);
+        match key {
+            "mode" => o.mode = value.parse().map_err(field)?,
+            "layout" => {
+                o.layout = Some(Layout::parse(value).ok_or_else(|| field(format!("unknown layout '{value}' (raw, header)")))?)
+            }
+            "offset" => o.data_offset = Some(parse_number(value).map_err(field)?),
+            "block" => {
+                let b = parse_bytes(value).map_err(|e| field(e.to_string()))?;
+                if !b.is_power_of_two() || !(512..=4096).contains(&b) {
+                    return Err(field(format!("block size {value} is not a power of two from 512 to 4096")));
+                }
+                o.block_size = Some(b as u32);
+            }
+            "label" => {
+                // What a superblock on disk can hold (the header layout's).
+                if value.len() >= LABEL_LEN {
+                    return Err(field(format!("label is {} bytes long; at most {} fit", value.len(), LABEL_LEN - 1)));
+                }
+                o.label = value.to_owned();
+            }
+            "timeout" => {
+                let t = parse_number(value).map_err(field)?;
+                o.timeout = Some(u32::try_from(t).map_err(|_| field(format!("'{value}' seconds is too long")))?);
+            }
+            attr => {
+                let kind = TUNABLES.iter().find(|(n, _)| *n == attr).map(|(_, k)| *k).expect("known tunable");
+                check_value(kind, value).map_err(field)?;
+                o.tunables.push(Tunable { attr, value: value.to_owned() });
+            }
+        }
+    }
+    Ok(o)
+}
+
+fn parse_number(s: &str) -> Result<u64, String> {
+    if s.is_empty() || !s.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(format!("'{s}' is not a number"));
+    }
+    s.parse().map_err(|_| format!("'{s}' is too large"))
+}
+
+fn check_value(kind: Kind, value: &str) -> Result<(), String> {
+    match kind {
+        Kind::Size => parse_bytes(value).map(drop).map_err(|e| e.to_string()),
+        Kind::Number => parse_number(value).map(drop),
+        Kind::Flag if matches!(value, "0" | "1") => Ok(()),
+        Kind::Flag => Err(format!("'{value}' is not 0 or 1")),
+        Kind::Choice(names) if names.contains(&value) => Ok(()),
+        Kind::Choice(names) => Err(format!("'{value}' is not one of {}", names.join(", "))),
+    }
+}
+
+impl fmt::Display for Options {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut parts: Vec<String> = Vec::new();
+        if self.mode != CacheMode::default() {
+            parts.push(format!("mode={}", self.mode.name()));
+        }
+        if let Some(l) = self.layout {
+            parts.push(format!("layout={}", l.name()));
+        }
+        if let Some(o) = self.data_offset {
+            parts.push(format!("offset={o}"));
+        }
+        if let Some(b) = self.block_size {
+            parts.push(format!("block={b}"));
+        }
+        if !self.label.is_empty() {
+            parts.push(format!("label={}", self.label));
+        }
+        if let Some(t) = self.timeout {
+            parts.push(format!("timeout={t}"));
+        }
+        parts.extend(self.tunables.iter().map(|t| format!("{}={}", t.attr, t.value)));
+        if parts.is_empty() {
+            f.write_str("-")
+        } else {
+            f.write_str(&parts.join(","))
+        }
+    }
+}
+
+impl fmt::Display for Entry {
+    /// The line as bcachetab holds it.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let cset = self.cset.map_or("-".to_owned(), |c| c.hyphenated().to_string());
+        write!(
+            f,
+            "{}\t{}\t{}\t{}\t{}",
+            self.name.as_deref().unwrap_or("-"),
+            self.device,
+            self.uuid.hyphenated(),
+            cset,
+            self.options
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const U1: &str = "6f1c1e0a-3b44-4e0b-9c57-1f0f0b6a7d21";
+    const U2: &str = "0a9e1f4c-57d1-4bb8-a2f0-3e0c9fd1e0aa";
+
+    fn parse(text: &str) -> Tab {
+        Tab::parse(text, Path::new("/etc/bcachetab"))
+    }
+
+    #[test]
+    fn a_full_line_round_trips() {
+        let text = format!(
+            "data0\tPARTUUID=1234-ab\t{U1}\t{U2}\tmode=writeback,layout=raw,block=4096,label=d0,sequential_cutoff=4M\n"
+        );
+        let tab = parse(&text);
+        assert!(tab.errors.is_empty(), "{:?}", tab.errors);
+        let e = &tab.entries[0];
+        assert_eq!(e.options.mode, CacheMode::Writeback);
+        assert_eq!(e.options.tunables, vec![Tunable { attr: "sequential_cutoff", value: "4M".into() }]);
+        assert_eq!(format!("{e}\n"), text);
+    }
+
+    #[test]
+    fn bad_lines_are_reported_and_good_ones_kept() {
+        let text = format!(
+            "# comment\n\
+             a /dev/vdb {U1} - bogus=1\n\
+             b /dev/vdc {U1} -\n\
+             c /dev/vdd not-a-uuid -\n\
+             d /dev/vde {U2} - mode=writeback,timeout=5\n\
+             e /dev/vdf {U2} -   # kept\n"
+        );
+        let tab = parse(&text);
+        let msgs: Vec<String> = tab.errors.iter().map(|e| e.to_string()).collect();
+        assert_eq!(
+            msgs,
+            [
+                "/etc/bcachetab:2: options: unknown option 'bogus'".to_owned(),
+                "/etc/bcachetab:4: uuid: 'not-a-uuid' is not a uuid".to_owned(),
+                "/etc/bcachetab:5: timeout: a writeback device never runs without its cache set: no timeout"
+                    .to_owned(),
+            ]
+        );
+        let names: Vec<_> = tab.entries.iter().map(|e| e.name.clone().unwrap()).collect();
+        assert_eq!(names, ["b", "e"]);
+    }
+
+    #[test]
+    fn duplicates_name_the_first_line() {
+        let tab = parse(&format!("a /dev/vdb {U1} -\nb /dev/vdc {U1} -\na /dev/vdd {U2} -\n"));
+        let msgs: Vec<String> = tab.errors.iter().map(|e| e.to_string()).collect();
+        assert_eq!(
+            msgs,
+            [
+                "/etc/bcachetab:2: uuid: uuid already used on line 1",
+                "/etc/bcachetab:3: name: name already used on line 1"
+            ]
+        );
+    }
+
+    #[test]
+    fn specs_match_udev_properties() {
+        let props = |k: &str| match k {
+            "DEVNAME" => Some("/dev/sdb1".to_owned()),
+            "DEVLINKS" => Some("/dev/disk/by-id/wwn-0x5000-part1 /dev/disk/by-partuuid/abcd".to_owned()),
+            "ID_FS_UUID" => Some("1B4E28BA-2FA1".to_owned()),
+            _ => None,
+        };
+        for (spec, want) in [
+            ("UUID=1b4e28ba-2fa1", true),
+            ("UUID=1b4e28ba-2fa2", false),
+            ("/dev/sdb1", true),
+            ("/dev/disk/by-id/wwn-0x5000-part1", true),
+            ("/dev/disk/by-id/wwn-0x5000", false),
+            ("PARTUUID=abcd", false),
+        ] {
+            assert_eq!(DeviceSpec::parse(spec).unwrap().matches(&props), want, "{spec}");
+        }
+    }
+}

@@ -1,0 +1,515 @@
+//! bcachetab: `bcache adopt`, `bcache tab ...` and `bcachetab-apply`.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context};
+use uuid::Uuid;
+
+use bcache::apply::{self, Env, Status};
+use bcache::bcachetab::{self, DeviceSpec, Entry, Options, Tab};
+use bcache::device::{Access, Device};
+use bcache::state::{self, State};
+use bcache::superblock::{CacheMode, Role};
+use bcache::sysfs::Sysfs;
+
+use super::Outcome;
+
+/// Files the bcachetab commands use.
+#[derive(clap::Args, Debug, Clone)]
+pub struct Files {
+    /// The bcachetab to use.
+    #[arg(long, value_name = "FILE", default_value = bcachetab::DEFAULT_PATH, global = true)]
+    tab: PathBuf,
+    /// The state file (layouts, attach and stale marks) to use.
+    #[arg(long, value_name = "FILE", default_value = state::DEFAULT_PATH, global = true)]
+    state: PathBuf,
+}
+
+impl Files {
+    fn env(&self) -> Env {
+        Env { tab: self.tab.clone(), state: self.state.clone(), ..Env::default() }
+    }
+}
+
+/// Use an existing device as a bcache backing device without reformatting it.
+///
+/// The device keeps its content: nothing is written to it. A line for it
+/// goes into bcachetab (with a new bcache uuid that must never change), and
+/// the device is brought up at once as /dev/bcacheN, and at every boot by
+/// udev and the initramfs. With the patched module (kernel/) the kernel
+/// takes it as it is (layout raw); on stock kernels an 8 KiB header is
+/// joined in front of it with device-mapper (layout header).
+///
+/// The device must not be in use (unmount it first). With --cache or --cset
+/// it attaches to that cache set; a writeback device then never runs
+/// without its set.
+#[derive(clap::Args, Debug)]
+#[command(after_help = "Examples:\n  \
+    umount /srv/data\n  \
+    bcache adopt /dev/disk/by-id/wwn-0x5000c500a1b2c3d4 --cache /dev/nvme0n1p1 --writeback --name data0\n  \
+    mount /dev/bcache/data0 /srv/data")]
+pub struct AdoptArgs {
+    /// The device to adopt (its content is kept).
+    #[arg(value_name = "DEVICE")]
+    device: PathBuf,
+    /// A cache device of the set to attach to (registered if it is not).
+    #[arg(long, value_name = "CACHEDEV", conflicts_with = "cset")]
+    cache: Option<PathBuf>,
+    /// The cache set to attach to, by uuid (it may come later).
+    #[arg(long, value_name = "UUID")]
+    cset: Option<Uuid>,
+    /// Cache mode writeback (same as --mode writeback).
+    #[arg(long, conflicts_with = "mode")]
+    writeback: bool,
+    /// Cache mode: writethrough, writeback, writearound or none.
+    #[arg(long, value_name = "MODE")]
+    mode: Option<CacheMode>,
+    /// Name: /dev/bcache/<NAME> and /dev/bcache/by-name/<NAME>.
+    #[arg(long, value_name = "NAME")]
+    name: Option<String>,
+    /// Label (at most 31 bytes, no whitespace or commas).
+    #[arg(short, long, value_name = "LABEL")]
+    label: Option<String>,
+    /// The bcache uuid of the device [default: a new random one].
+    #[arg(long, value_name = "UUID")]
+    uuid: Option<Uuid>,
+    /// How bcachetab names the device [default: a stable name: a
+    /// /dev/disk/by-id link, PARTUUID= or UUID=].
+    #[arg(long, value_name = "SPEC")]
+    spec: Option<String>,
+    /// Options for the line, as in bcachetab(5): layout=, block=,
+    /// timeout=, tunables such as sequential_cutoff=4M (repeatable).
+    #[arg(short = 'o', long = "option", value_name = "KEY=VALUE")]
+    options: Vec<String>,
+    /// Only write the line; do not bring the device up now.
+    #[arg(long)]
+    no_start: bool,
+    #[command(flatten)]
+    files: Files,
+}
+
+/// bcachetab: the devices used with bcache without a superblock of their own.
+#[derive(clap::Args, Debug)]
+pub struct TabArgs {
+    #[command(subcommand)]
+    command: TabCommand,
+}
+
+#[derive(clap::Subcommand, Debug)]
+pub enum TabCommand {
+    Apply(ApplyArgs),
+    Check(CheckArgs),
+    List(ListArgs),
+    /// For udev rules: print BCACHETAB_* properties of the device the event
+    /// describes (from its own properties, in the environment).
+    #[command(hide = true)]
+    Match(MatchArgs),
+    /// For udev rules: record the state a raw-registered device's change
+    /// uevent carries (BCACHE_UUID, BCACHE_STATE, ...).
+    #[command(hide = true)]
+    Record(FilesOnly),
+}
+
+#[derive(clap::Args, Debug)]
+pub struct MatchArgs {
+    /// The links udev has given the device so far in this event ($links:
+    /// relative to /dev, space-separated); DEVLINKS is not set until the
+    /// event ends.
+    #[arg(long, value_name = "LINKS", allow_hyphen_values = true)]
+    links: Option<String>,
+    #[command(flatten)]
+    files: Files,
+}
+
+#[derive(clap::Args, Debug)]
+pub struct FilesOnly {
+    #[command(flatten)]
+    files: Files,
+}
+
+/// Bring up bcachetab's devices (idempotent; safe to run concurrently).
+///
+/// Each device is registered with what bcachetab and the state file say,
+/// by the kernel's register_raw (patched module) or a dm-linear header
+/// (stock kernels). A writeback device that may hold dirty data on its
+/// cache set waits for the set. Problems are reported as FILE:LINE and
+/// the other devices still come up; the exit status is 1 if any failed.
+#[derive(clap::Args, Debug)]
+pub struct ApplyArgs {
+    /// Every line whose device is present.
+    #[arg(long, conflicts_with_all = ["devices", "udev"])]
+    all: bool,
+    /// The device of the current udev event (DEVNAME and its properties in
+    /// the environment).
+    #[arg(long, conflicts_with = "devices")]
+    udev: bool,
+    /// Devices, or names of bcachetab lines.
+    #[arg(value_name = "DEVICE|NAME")]
+    devices: Vec<String>,
+    #[command(flatten)]
+    files: Files,
+}
+
+/// Check bcachetab: syntax, duplicates, devices present, and what the state
+/// file forbids (a layout switch while a cache holds data). Exit status 1
+/// on any problem.
+#[derive(clap::Args, Debug)]
+pub struct CheckArgs {
+    #[command(flatten)]
+    files: Files,
+}
+
+/// List bcachetab's devices with their live state (up, waiting and why,
+/// down, missing).
+#[derive(clap::Args, Debug)]
+pub struct ListArgs {
+    /// JSON, for scripts.
+    #[arg(long)]
+    json: bool,
+    #[command(flatten)]
+    files: Files,
+}
+
+fn load_tab(path: &Path) -> anyhow::Result<Tab> {
+    Tab::load(path).with_context(|| format!("{}: cannot read", path.display()))
+}
+
+fn report_tab_errors(tab: &Tab) -> bool {
+    for e in &tab.errors {
+        eprintln!("bcache tab: {e}");
+    }
+    !tab.errors.is_empty()
+}
+
+pub fn tab(args: &TabArgs) -> anyhow::Result<Outcome> {
+    match &args.command {
+        TabCommand::Apply(a) => apply_cmd(a),
+        TabCommand::Check(a) => check(a),
+        TabCommand::List(a) => list(a),
+        TabCommand::Match(a) => udev_match(a),
+        TabCommand::Record(a) => {
+            apply::record_uevent(&a.files.env(), &env_prop)?;
+            Ok(Outcome::Ok)
+        }
+    }
+}
+
+fn env_prop(key: &str) -> Option<String> {
+    std::env::var(key).ok().filter(|v| !v.is_empty())
+}
+
+/// `file:line: message` for a line.
+fn at(tab: &Tab, e: &Entry) -> String {
+    format!("{}:{}", tab.path.display(), e.line)
+}
+
+pub fn apply_cmd(args: &ApplyArgs) -> anyhow::Result<Outcome> {
+    let env = args.files.env();
+    let tab = load_tab(&env.tab)?;
+    let mut failed = report_tab_errors(&tab);
+    let mut todo: Vec<(&Entry, PathBuf)> = Vec::new();
+    if args.udev {
+        let dev = env_prop("DEVNAME").context("--udev: no DEVNAME in the environment")?;
+        match tab.matching(&env_prop) {
+            Some(e) => todo.push((e, PathBuf::from(dev))),
+            None => return Ok(if failed { Outcome::Exit(1) } else { Outcome::Ok }),
+        }
+    } else if args.all {
+        for e in &tab.entries {
+            match apply::resolve(&e.device) {
+                Some(p) => todo.push((e, p)),
+                None => println!("{}: {}: {}", at(&tab, e), e.device, Status::Missing),
+            }
+        }
+    } else if args.devices.is_empty() {
+        bail!("name devices or lines to bring up, or pass --all");
+    } else {
+        for d in &args.devices {
+            let found = tab.by_name(d).map(|e| (e, apply::resolve(&e.device))).or_else(|| {
+                let path = std::fs::canonicalize(d).ok()?;
+                let e = tab.entries.iter().find(|e| apply::resolve(&e.device).as_ref() == Some(&path))?;
+                Some((e, Some(path)))
+            });
+            match found {
+                Some((e, Some(p))) => todo.push((e, p)),
+                Some((e, None)) => {
+                    eprintln!("bcache tab apply: {}: {} is missing", at(&tab, e), e.device);
+                    failed = true;
+                }
+                None => {
+                    eprintln!("bcache tab apply: {d}: no line of {} names it", tab.path.display());
+                    failed = true;
+                }
+            }
+        }
+    }
+    for (e, path) in todo {
+        match apply::bring_up(&env, e, &path) {
+            Ok(st) => println!("{}: {}: {st}", at(&tab, e), path.display()),
+            Err(err) => {
+                eprintln!("bcache tab apply: {}: {}: {err}", at(&tab, e), path.display());
+                failed = true;
+            }
+        }
+    }
+    Ok(if failed { Outcome::Exit(1) } else { Outcome::Ok })
+}
+
+fn check(args: &CheckArgs) -> anyhow::Result<Outcome> {
+    let env = args.files.env();
+    let tab = load_tab(&env.tab)?;
+    let mut failed = report_tab_errors(&tab);
+    let st = match State::load(&env.state) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("bcache tab: {e}");
+            failed = true;
+            State::default()
+        }
+    };
+    let has_raw = Sysfs::default().bcache_dir().is_ok_and(|d| d.join("register_raw").exists());
+    for e in &tab.entries {
+        if apply::resolve(&e.device).is_none() {
+            eprintln!("bcache tab: {}: device: no device is {}", at(&tab, e), e.device);
+            failed = true;
+        }
+        if let Err(why) = apply::registration(e, st.get(&e.uuid), st.is_copy, has_raw) {
+            eprintln!("bcache tab: {}: {why}", at(&tab, e));
+            failed = true;
+        }
+    }
+    Ok(if failed { Outcome::Exit(1) } else { Outcome::Ok })
+}
+
+#[derive(serde::Serialize)]
+struct Row<'a> {
+    line: usize,
+    name: Option<&'a str>,
+    device: String,
+    uuid: Uuid,
+    cset: Option<Uuid>,
+    mode: &'static str,
+    layout: Option<&'static str>,
+    #[serde(flatten)]
+    status: Status,
+}
+
+fn list(args: &ListArgs) -> anyhow::Result<Outcome> {
+    let env = args.files.env();
+    let tab = load_tab(&env.tab)?;
+    report_tab_errors(&tab);
+    // What the kernel wrote into headers since the last look; a reader
+    // without write access to the state file still gets the list.
+    let _ = apply::sync_headers(&env, &tab);
+    let st = State::load(&env.state).unwrap_or_default();
+    let rows: Vec<Row> = tab
+        .entries
+        .iter()
+        .map(|e| Row {
+            line: e.line,
+            name: e.name.as_deref(),
+            device: e.device.to_string(),
+            uuid: e.uuid,
+            cset: e.cset,
+            mode: e.options.mode.name(),
+            layout: st.get(&e.uuid).and_then(|r| r.layout).map(|l| l.name()),
+            status: apply::status(&env, e),
+        })
+        .collect();
+    let mut out = std::io::stdout().lock();
+    if args.json {
+        serde_json::to_writer_pretty(&mut out, &rows)?;
+        writeln!(out)?;
+        return Ok(Outcome::Ok);
+    }
+    let mut table = comfy_table::Table::new();
+    table.load_preset(comfy_table::presets::NOTHING);
+    table.set_header(["NAME", "DEVICE", "UUID", "CSET", "MODE", "LAYOUT", "STATE"]);
+    for r in &rows {
+        table.add_row([
+            r.name.unwrap_or("-").to_owned(),
+            r.device.clone(),
+            r.uuid.to_string(),
+            r.cset.map_or("-".into(), |c| c.to_string()),
+            r.mode.to_owned(),
+            r.layout.unwrap_or("-").to_owned(),
+            r.status.to_string(),
+        ]);
+    }
+    writeln!(out, "{table}")?;
+    Ok(Outcome::Ok)
+}
+
+/// udev's IMPORT{program}: properties for the event's device, matched on
+/// its own properties; nothing when no line names it. For a bcache device
+/// (CACHED_UUID set by the kernel) the name of its line.
+fn udev_match(args: &MatchArgs) -> anyhow::Result<Outcome> {
+    let tab = load_tab(&args.files.tab)?;
+    let links: Option<String> = args.links.as_ref().map(|l| {
+        l.split_whitespace().map(|l| format!("/dev/{l}")).collect::<Vec<_>>().join(" ")
+    });
+    let props = |key: &str| match key {
+        "DEVLINKS" => links.clone().or_else(|| env_prop(key)),
+        _ => env_prop(key),
+    };
+    let entry = match env_prop("CACHED_UUID").and_then(|u| u.parse::<Uuid>().ok()) {
+        Some(u) => tab.by_uuid(&u),
+        None => tab.matching(&props),
+    };
+    if let Some(e) = entry {
+        let mut out = std::io::stdout().lock();
+        writeln!(out, "BCACHETAB_UUID={}", e.uuid.hyphenated())?;
+        if let Some(n) = &e.name {
+            writeln!(out, "BCACHETAB_NAME={n}")?;
+        }
+        if let Some(t) = e.options.timeout {
+            writeln!(out, "BCACHETAB_TIMEOUT={t}")?;
+        }
+    }
+    Ok(Outcome::Ok)
+}
+
+/// The stable name bcachetab records for a device: a /dev/disk/by-id link
+/// (WWN first), else PARTUUID=, else the content's UUID=, else the path.
+fn stable_spec(dev: &Path) -> anyhow::Result<DeviceSpec> {
+    let real = std::fs::canonicalize(dev).with_context(|| dev.display().to_string())?;
+    let links_to = |dir: &str| -> Vec<String> {
+        let mut names: Vec<String> = std::fs::read_dir(dir)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter(|e| std::fs::canonicalize(e.path()).ok().as_ref() == Some(&real))
+            .filter_map(|e| e.file_name().into_string().ok())
+            .collect();
+        names.sort_by_key(|n| (!n.starts_with("wwn-"), n.clone()));
+        names
+    };
+    if let Some(id) = links_to("/dev/disk/by-id").first() {
+        return Ok(DeviceSpec::Path(Path::new("/dev/disk/by-id").join(id)));
+    }
+    if let Some(p) = links_to("/dev/disk/by-partuuid").first() {
+        return Ok(DeviceSpec::PartUuid(p.clone()));
+    }
+    if let Some(uuid) = apply::content_uuid(&real) {
+        return Ok(DeviceSpec::Uuid(uuid.to_ascii_lowercase()));
+    }
+    Ok(DeviceSpec::Path(real))
+}
+
+pub fn adopt(args: &AdoptArgs) -> anyhow::Result<Outcome> {
+    let env = args.files.env();
+    let sysfs = Sysfs::default();
+    let shown = args.device.display().to_string();
+    if let Some(n) = &args.name {
+        bcachetab::check_name(n).map_err(anyhow::Error::msg).context("--name")?;
+    }
+    // The line's options, checked by bcachetab's own parser.
+    let mode = if args.writeback { CacheMode::Writeback } else { args.mode.unwrap_or_default() };
+    let mut opts: Vec<String> = Vec::new();
+    if mode != CacheMode::default() {
+        opts.push(format!("mode={}", mode.name()));
+    }
+    if let Some(l) = &args.label {
+        opts.push(format!("label={l}"));
+    }
+    opts.extend(args.options.iter().cloned());
+    let options: Options = if opts.is_empty() {
+        Options::default()
+    } else {
+        let probe = format!("- /dev/x {} - {}", Uuid::from_u128(1), opts.join(","));
+        let t = Tab::parse(&probe, Path::new("--option"));
+        match (t.entries.first(), t.errors.first()) {
+            (Some(e), _) => e.options.clone(),
+            (None, Some(err)) => bail!("{}: {}", err.field, err.message),
+            (None, None) => unreachable!("one line gives an entry or an error"),
+        }
+    };
+
+    // The device: not in use, not a bcache device of its own, not adopted.
+    let dev = Device::open(&args.device, Access::WriteExclusive)
+        .map_err(|e| anyhow::anyhow!("{e} (unmount it and stop what uses it first)"))?;
+    if dev.signatures()?.iter().any(|s| s.is_bcache()) {
+        bail!("{shown}: holds a bcache superblock of its own: use bcache register");
+    }
+    let rdev = dev.rdev().context(format!("{shown}: not a block device"))?;
+    if options.mode == CacheMode::Writeback && sysfs.zone_sectors(rdev).is_some() {
+        bail!("{shown}: zoned devices cannot be used in writeback mode");
+    }
+    let tab = load_tab(&env.tab)?;
+    let real = std::fs::canonicalize(&args.device)?;
+    if let Some(e) = tab.entries.iter().find(|e| apply::resolve(&e.device).as_ref() == Some(&real)) {
+        bail!("{shown}: already in {} as {}", at(&tab, e), e.device);
+    }
+    let spec = match &args.spec {
+        Some(s) => DeviceSpec::parse(s).map_err(anyhow::Error::msg).context("--spec")?,
+        None => stable_spec(&args.device)?,
+    };
+
+    // The cache set, checked against the device like make does.
+    let cset = match (&args.cache, args.cset) {
+        (Some(cache), _) => {
+            let cdev = Device::open(cache, Access::Read)?;
+            let sb = cdev.read_superblock()?;
+            if !sb.magic_ok() || sb.role() != Some(Role::Cache) {
+                bail!("{}: not a bcache cache device", cache.display());
+            }
+            let block = options.block_size.unwrap_or(dev.logical_block_size());
+            if u64::from(block) < u64::from(sb.block_size) * 512 {
+                bail!(
+                    "{shown}: block size {block} is below the cache set's ({} bytes): the kernel would \
+                     refuse to attach it (pass -o block={})",
+                    u64::from(sb.block_size) * 512,
+                    u64::from(sb.block_size) * 512
+                );
+            }
+            let rdev = cdev.rdev();
+            drop(cdev);
+            if rdev.and_then(|r| sysfs.registered(r)).is_none() {
+                sysfs.register(&std::path::absolute(cache)?.display().to_string(), true)?;
+            }
+            Some(sb.set_uuid)
+        }
+        (None, c) => c,
+    };
+    let uuid = args.uuid.unwrap_or_else(Uuid::new_v4);
+    if let Some(e) = tab.by_uuid(&uuid) {
+        bail!("uuid {uuid} is already used by {}", at(&tab, e));
+    }
+    drop(dev);
+
+    let entry = Entry { line: 0, name: args.name.clone(), device: spec, uuid, cset, options };
+    let line = append_line(&env.tab, &entry)?;
+    let entry = Entry { line, ..entry };
+    println!("{}:{line}: {entry}", env.tab.display());
+    if args.no_start {
+        return Ok(Outcome::Ok);
+    }
+    let st = apply::bring_up(&env, &entry, &real)?;
+    let _ = apply::sync_headers(&env, &Tab { entries: vec![entry.clone()], ..Tab::default() });
+    println!("{shown}: {st}");
+    Ok(Outcome::Ok)
+}
+
+/// Appends a line to bcachetab atomically (under the state lock, so two
+/// adopts do not lose each other's line); returns its line number.
+fn append_line(path: &Path, entry: &Entry) -> anyhow::Result<usize> {
+    let _lock = state::Lock::take(path)?;
+    let mut text = match std::fs::read_to_string(path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            "# bcachetab(5): name device uuid cset options\n".to_owned()
+        }
+        Err(e) => return Err(e).with_context(|| path.display().to_string()),
+    };
+    let current = Tab::parse(&text, path);
+    if current.by_uuid(&entry.uuid).is_some() || entry.name.as_ref().is_some_and(|n| current.by_name(n).is_some()) {
+        bail!("{}: a line with this uuid or name was added meanwhile", path.display());
+    }
+    if !text.is_empty() && !text.ends_with('\n') {
+        text.push('\n');
+    }
+    text.push_str(&format!("{entry}\n"));
+    state::write_atomically(path, text.as_bytes()).with_context(|| path.display().to_string())?;
+    Ok(text.lines().count())
+}

@@ -1,0 +1,150 @@
+//! The stock-kernel layout of a bcachetab device: an 8 KiB header holding
+//! a backing superblock (data offset 16), on a loop device over a file in
+//! /run, joined in front of the real device by a dm-linear table. The
+//! dm device is what bcache registers; its data sector 16 is the device's
+//! sector 0, so the device's content is untouched.
+//!
+//! The header is rebuilt at every boot from bcachetab and the state file:
+//! what the kernel writes into it (attach, dirty, stale) is read back into
+//! the state file by [`read_back`].
+
+use std::fs;
+use std::io;
+use std::path::{Path, PathBuf};
+
+use devicemapper::{DevId, DmName, DmOptions, DmUuid, DM};
+use uuid::Uuid;
+
+use crate::device::{Device, DeviceError};
+use crate::os_error_text;
+use crate::superblock::{BackingParams, BdevState, Label, Superblock, BDEV_DATA_START_DEFAULT, SB_START};
+
+/// Sectors of header before the device's data.
+pub const HEADER_SECTORS: u64 = BDEV_DATA_START_DEFAULT;
+
+#[derive(Debug, thiserror::Error)]
+pub enum HeaderError {
+    #[error("{}: {}", .0.display(), os_error_text(.1))]
+    Io(PathBuf, io::Error),
+    #[error("loop device for {}: {}", .0.display(), os_error_text(.1))]
+    Loop(PathBuf, io::Error),
+    #[error("device-mapper {name}: {msg}")]
+    Dm { name: String, msg: String },
+    #[error(transparent)]
+    Device(#[from] DeviceError),
+    #[error("label: {0}")]
+    Label(String),
+}
+
+/// What goes into the header's superblock.
+pub struct HeaderParams<'a> {
+    pub uuid: Uuid,
+    pub set_uuid: Option<Uuid>,
+    pub state: BdevState,
+    pub cache_mode: crate::superblock::CacheMode,
+    pub label: &'a str,
+    pub block_size: u32,
+}
+
+/// The header's file under `run_dir`.
+pub fn header_file(run_dir: &Path, uuid: &Uuid) -> PathBuf {
+    run_dir.join("header").join(uuid.hyphenated().to_string())
+}
+
+fn dm_name(uuid: &Uuid) -> String {
+    format!("bcachetab-{}", uuid.hyphenated())
+}
+
+fn dm_uuid(uuid: &Uuid) -> String {
+    format!("BCACHETAB-{}", uuid.hyphenated())
+}
+
+fn dm_err(name: &str) -> impl Fn(devicemapper::DmError) -> HeaderError + '_ {
+    move |e| HeaderError::Dm { name: name.to_owned(), msg: e.to_string() }
+}
+
+/// The dm device of a header already set up: its /dev path and device
+/// number.
+pub fn find(uuid: &Uuid) -> Option<(PathBuf, u64)> {
+    let dm = DM::new().ok()?;
+    let name = dm_name(uuid);
+    let info = dm.device_info(&DevId::Name(DmName::new(&name).ok()?)).ok()?;
+    let d = info.device();
+    Some((PathBuf::from(format!("/dev/dm-{}", d.minor)), nix::sys::stat::makedev(d.major.into(), d.minor.into())))
+}
+
+/// Builds the header and the dm device in front of `dev`; returns the dm
+/// device's path, to be registered.
+pub fn set_up(run_dir: &Path, dev: &Device, p: &HeaderParams) -> Result<PathBuf, HeaderError> {
+    let file = header_file(run_dir, &p.uuid);
+    let label = Label::new(p.label).map_err(|e| HeaderError::Label(e.to_string()))?;
+    let mut sb = Superblock::new_backing(&BackingParams {
+        uuid: p.uuid,
+        set_uuid: p.set_uuid.unwrap_or(Uuid::nil()),
+        label,
+        block_sectors: (p.block_size / 512) as u16,
+        bucket_sectors: 1024,
+        data_offset: HEADER_SECTORS,
+        cache_mode: p.cache_mode,
+    });
+    sb.set_state(p.state);
+    sb.seal();
+    let mut bytes = vec![0u8; (HEADER_SECTORS * 512) as usize];
+    bytes[SB_START as usize..].copy_from_slice(&sb.to_bytes());
+    crate::state::write_atomically(&file, &bytes).map_err(|e| HeaderError::Io(file.clone(), e))?;
+
+    let (lmaj, lmin) = attach_loop(&file)?;
+    let rdev = dev.rdev().unwrap_or(0);
+    let (maj, min) = (nix::sys::stat::major(rdev), nix::sys::stat::minor(rdev));
+
+    let name = dm_name(&p.uuid);
+    let uuid = dm_uuid(&p.uuid);
+    let err = dm_err(&name);
+    let dm = DM::new().map_err(&err)?;
+    let dm_name = DmName::new(&name).map_err(&err)?;
+    let dm_uuid = DmUuid::new(&uuid).map_err(&err)?;
+    // Private: other udev rules must not probe or link the joined device;
+    // the bcache device it becomes gets the links.
+    dm.device_create(dm_name, Some(dm_uuid), DmOptions::private()).map_err(&err)?;
+    let id = DevId::Name(dm_name);
+    let table = vec![
+        (0, HEADER_SECTORS, "linear".to_owned(), format!("{lmaj}:{lmin} 0")),
+        (HEADER_SECTORS, dev.sectors(), "linear".to_owned(), format!("{maj}:{min} 0")),
+    ];
+    let loaded = dm
+        .table_load(&id, &table, DmOptions::private())
+        .and_then(|_| dm.device_suspend(&id, DmOptions::private()));
+    let info = match loaded {
+        Ok(info) => info,
+        Err(e) => {
+            let _ = dm.device_remove(&id, DmOptions::private());
+            return Err(err(e));
+        }
+    };
+    Ok(PathBuf::from(format!("/dev/dm-{}", info.device().minor)))
+}
+
+/// A loop device over `file` that goes away when its last user (the dm
+/// table) lets go. Concurrent callers may pick the same free device: the
+/// loser retries with the next.
+fn attach_loop(file: &Path) -> Result<(u32, u32), HeaderError> {
+    let err = |e| HeaderError::Loop(file.to_owned(), e);
+    let control = loopdev::LoopControl::open().map_err(err)?;
+    let mut last = None;
+    for _ in 0..64 {
+        let dev = control.next_free().map_err(err)?;
+        match dev.with().autoclear(true).attach(file) {
+            Ok(()) => return Ok((dev.major().map_err(err)?, dev.minor().map_err(err)?)),
+            Err(e) if e.raw_os_error() == Some(nix::libc::EBUSY) => last = Some(e),
+            Err(e) => return Err(err(e)),
+        }
+    }
+    Err(err(last.unwrap_or_else(|| io::Error::other("no free loop device"))))
+}
+
+/// The superblock the kernel keeps in a header set up at this boot: how
+/// the state file learns of attach, dirty and stale on stock kernels.
+pub fn read_back(run_dir: &Path, uuid: &Uuid) -> Option<Superblock> {
+    let bytes = fs::read(header_file(run_dir, uuid)).ok()?;
+    Superblock::parse(bytes.get(SB_START as usize..)?).ok()
+}
