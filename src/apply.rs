@@ -224,18 +224,13 @@ pub fn content_uuid(dev: &Path) -> Option<String> {
     identify(dev).into_iter().find(|(k, _)| k == "ID_FS_UUID").map(|(_, v)| v)
 }
 
-/// What blkid says of a device's content, as udev names it.
+/// What blkid says of a device's content, named as udev names it.
 fn identify(dev: &Path) -> Vec<(String, String)> {
-    let mut out = Vec::new();
-    let Ok(mut probe) = libblkid_rs::BlkidProbe::new_from_filename(dev) else { return out };
-    if probe.enable_superblocks(true).is_err() || probe.do_safeprobe().is_err() {
-        return out;
-    }
-    for (key, udev) in [("UUID", "ID_FS_UUID"), ("LABEL", "ID_FS_LABEL"), ("TYPE", "ID_FS_TYPE")] {
-        if let Ok(v) = probe.lookup_value(key) {
-            out.push((udev.to_owned(), v));
-        }
-    }
+    let sig = Device::open(dev, Access::Read).ok().and_then(|d| d.first_signature().ok().flatten());
+    let Some(sig) = sig.filter(|s| !s.partition_table) else { return Vec::new() };
+    let mut out = vec![("ID_FS_TYPE".to_owned(), sig.kind)];
+    out.extend(sig.uuid.map(|u| ("ID_FS_UUID".to_owned(), u)));
+    out.extend(sig.label.map(|l| ("ID_FS_LABEL".to_owned(), l)));
     out
 }
 
@@ -308,8 +303,40 @@ pub fn bring_up(env: &Env, entry: &Entry, path: &Path) -> Result<Status, ApplyEr
         for t in &entry.options.tunables {
             env.sysfs.write(&shown, &dir.join(t.attr), &t.value)?;
         }
+        record_attachment(env, &entry.uuid, &dir)?;
     }
     Ok(status(env, entry))
+}
+
+/// The cache set a registered backing device is attached to, from its
+/// `cache` link.
+pub fn attached_set(dir: &Path) -> Option<Uuid> {
+    fs::read_link(dir.join("cache")).ok()?.file_name()?.to_str()?.parse().ok()
+}
+
+/// Records that the device is attached to the set sysfs shows, if any:
+/// the set now holds a slot for it (a fresh one if it was stale).
+pub fn record_attachment(env: &Env, uuid: &Uuid, dir: &Path) -> Result<(), ApplyError> {
+    if let Some(set) = attached_set(dir) {
+        state::update(&env.state, *uuid, |r| {
+            r.attached = Some(set);
+            r.stale = false;
+        })?;
+    }
+    Ok(())
+}
+
+/// Records a run forced without the cache set (the kernel marks the
+/// device stale): the next attach must drop the set's old data for it.
+pub fn record_forced_run(env: &Env, uuid: &Uuid) -> Result<(), ApplyError> {
+    let known = State::load(&env.state)?.get(uuid).is_some();
+    if known {
+        state::update(&env.state, *uuid, |r| {
+            r.stale = true;
+            r.state = Some(BdevState::Stale);
+        })?;
+    }
+    Ok(())
 }
 
 /// The live status of a line's device.

@@ -399,8 +399,8 @@ fn parse_options(s: &str) -> Result<Options, FieldError> {
             }
             attr => {
                 let kind = TUNABLES.iter().find(|(n, _)| *n == attr).map(|(_, k)| *k).expect("known tunable");
-                check_value(kind, value).map_err(field)?;
-                o.tunables.push(Tunable { attr, value: value.to_owned() });
+                let value = check_value(kind, value).map_err(field)?;
+                o.tunables.push(Tunable { attr, value });
             }
         }
     }
@@ -414,13 +414,15 @@ fn parse_number(s: &str) -> Result<u64, String> {
     s.parse().map_err(|_| format!("'{s}' is too large"))
 }
 
-fn check_value(kind: Kind, value: &str) -> Result<(), String> {
+/// Checks a tunable's value and returns it as the kernel takes it: sizes
+/// in plain bytes (sysfs takes no suffix).
+fn check_value(kind: Kind, value: &str) -> Result<String, String> {
     match kind {
-        Kind::Size => parse_bytes(value).map(drop).map_err(|e| e.to_string()),
-        Kind::Number => parse_number(value).map(drop),
-        Kind::Flag if matches!(value, "0" | "1") => Ok(()),
+        Kind::Size => parse_bytes(value).map(|b| b.to_string()).map_err(|e| e.to_string()),
+        Kind::Number => parse_number(value).map(|n| n.to_string()),
+        Kind::Flag if matches!(value, "0" | "1") => Ok(value.to_owned()),
         Kind::Flag => Err(format!("'{value}' is not 0 or 1")),
-        Kind::Choice(names) if names.contains(&value) => Ok(()),
+        Kind::Choice(names) if names.contains(&value) => Ok(value.to_owned()),
         Kind::Choice(names) => Err(format!("'{value}' is not one of {}", names.join(", "))),
     }
 }
@@ -491,8 +493,8 @@ mod tests {
         assert!(tab.errors.is_empty(), "{:?}", tab.errors);
         let e = &tab.entries[0];
         assert_eq!(e.options.mode, CacheMode::Writeback);
-        assert_eq!(e.options.tunables, vec![Tunable { attr: "sequential_cutoff", value: "4M".into() }]);
-        assert_eq!(format!("{e}\n"), text);
+        assert_eq!(e.options.tunables, vec![Tunable { attr: "sequential_cutoff", value: "4194304".into() }]);
+        assert_eq!(format!("{e}\n"), text.replace("=4M", "=4194304"));
     }
 
     #[test]

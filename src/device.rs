@@ -213,9 +213,21 @@ impl Device {
         while let BlkidProbeRet::Success = probe.do_probe().map_err(perr)? {
             let value = |k: &str| probe.lookup_value(k).ok();
             let sig = if let Some(kind) = value("TYPE") {
-                Signature { kind, partition_table: false, offset: value("SBMAGIC_OFFSET") }
+                Signature {
+                    kind,
+                    partition_table: false,
+                    offset: value("SBMAGIC_OFFSET"),
+                    uuid: value("UUID"),
+                    label: value("LABEL"),
+                }
             } else if let Some(kind) = value("PTTYPE") {
-                Signature { kind, partition_table: true, offset: value("PTMAGIC_OFFSET") }
+                Signature {
+                    kind,
+                    partition_table: true,
+                    offset: value("PTMAGIC_OFFSET"),
+                    uuid: value("PTUUID"),
+                    label: None,
+                }
             } else {
                 continue;
             };
@@ -235,6 +247,10 @@ pub struct Signature {
     pub partition_table: bool,
     /// Byte offset of the magic, when libblkid reports it.
     pub offset: Option<String>,
+    /// The content's uuid (a file system's UUID, a partition table's PTUUID).
+    pub uuid: Option<String>,
+    /// The content's label, when it has one.
+    pub label: Option<String>,
 }
 
 impl Signature {

@@ -93,7 +93,11 @@ pub fn set_up(run_dir: &Path, dev: &Device, p: &HeaderParams) -> Result<PathBuf,
     bytes[SB_START as usize..].copy_from_slice(&sb.to_bytes());
     crate::state::write_atomically(&file, &bytes).map_err(|e| HeaderError::Io(file.clone(), e))?;
 
-    let (lmaj, lmin) = attach_loop(&file)?;
+    // Held open until the dm table holds the loop device: autoclear would
+    // take it down at our close otherwise.
+    let loop_dev = attach_loop(&file)?;
+    let err_loop = |e| HeaderError::Loop(file.clone(), e);
+    let (lmaj, lmin) = (loop_dev.major().map_err(err_loop)?, loop_dev.minor().map_err(err_loop)?);
     let rdev = dev.rdev().unwrap_or(0);
     let (maj, min) = (nix::sys::stat::major(rdev), nix::sys::stat::minor(rdev));
 
@@ -121,20 +125,21 @@ pub fn set_up(run_dir: &Path, dev: &Device, p: &HeaderParams) -> Result<PathBuf,
             return Err(err(e));
         }
     };
+    drop(loop_dev);
     Ok(PathBuf::from(format!("/dev/dm-{}", info.device().minor)))
 }
 
 /// A loop device over `file` that goes away when its last user (the dm
 /// table) lets go. Concurrent callers may pick the same free device: the
 /// loser retries with the next.
-fn attach_loop(file: &Path) -> Result<(u32, u32), HeaderError> {
+fn attach_loop(file: &Path) -> Result<loopdev::LoopDevice, HeaderError> {
     let err = |e| HeaderError::Loop(file.to_owned(), e);
     let control = loopdev::LoopControl::open().map_err(err)?;
     let mut last = None;
     for _ in 0..64 {
         let dev = control.next_free().map_err(err)?;
         match dev.with().autoclear(true).attach(file) {
-            Ok(()) => return Ok((dev.major().map_err(err)?, dev.minor().map_err(err)?)),
+            Ok(()) => return Ok(dev),
             Err(e) if e.raw_os_error() == Some(nix::libc::EBUSY) => last = Some(e),
             Err(e) => return Err(err(e)),
         }

@@ -273,5 +273,13 @@ pub fn run(args: &RunArgs) -> anyhow::Result<Outcome> {
         );
     }
     sysfs.write(&name, &dir.join("running"), "1")?;
+    if !attached && (state == "dirty" || state == "clean") {
+        // Marked stale by the kernel; a bcachetab device's state file must
+        // know, or the next boot would serve the set's old data.
+        let uuid = sysfs.read(&dir.join("backing_dev_uuid")).ok().and_then(|u| u.parse().ok());
+        if let Some(uuid) = uuid {
+            bcache::apply::record_forced_run(&bcache::apply::Env::default(), &uuid)?;
+        }
+    }
     Ok(Outcome::Ok)
 }

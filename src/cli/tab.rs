@@ -479,6 +479,9 @@ pub fn adopt(args: &AdoptArgs) -> anyhow::Result<Outcome> {
     drop(dev);
 
     let entry = Entry { line: 0, name: args.name.clone(), device: spec, uuid, cset, options };
+    // A record proves the device new to every cache set (never attached):
+    // it attaches afresh instead of waiting for a slot that does not exist.
+    state::update(&env.state, uuid, |_| {})?;
     let line = append_line(&env.tab, &entry)?;
     let entry = Entry { line, ..entry };
     println!("{}:{line}: {entry}", env.tab.display());
