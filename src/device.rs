@@ -201,31 +201,23 @@ impl Device {
     /// Runs libblkid's probes, handing each signature to `visit` until it
     /// returns false.
     fn probe(&self, mut visit: impl FnMut(Signature) -> bool) -> Result<(), DeviceError> {
-        use libblkid_rs::{BlkidProbe, BlkidProbeRet};
-        let perr = |e: libblkid_rs::BlkidErr| DeviceError::Probe {
-            path: self.path.clone(),
-            msg: e.to_string(),
-        };
-        let mut probe = BlkidProbe::new().map_err(perr)?;
-        probe.set_device(self.file.as_raw_fd(), 0, 0).map_err(perr)?;
-        probe.enable_superblocks(true).map_err(perr)?;
-        probe.enable_partitions(true).map_err(perr)?;
-        while let BlkidProbeRet::Success = probe.do_probe().map_err(perr)? {
-            let value = |k: &str| probe.lookup_value(k).ok();
-            let sig = if let Some(kind) = value("TYPE") {
+        let perr = |msg: String| DeviceError::Probe { path: self.path.clone(), msg };
+        let probe = blkid::Probe::new(self.file.as_raw_fd()).map_err(perr)?;
+        while probe.next().map_err(perr)? {
+            let sig = if let Some(kind) = probe.value(c"TYPE") {
                 Signature {
                     kind,
                     partition_table: false,
-                    offset: value("SBMAGIC_OFFSET"),
-                    uuid: value("UUID"),
-                    label: value("LABEL"),
+                    offset: probe.value(c"SBMAGIC_OFFSET"),
+                    uuid: probe.value(c"UUID"),
+                    label: probe.value(c"LABEL"),
                 }
-            } else if let Some(kind) = value("PTTYPE") {
+            } else if let Some(kind) = probe.value(c"PTTYPE") {
                 Signature {
                     kind,
                     partition_table: true,
-                    offset: value("PTMAGIC_OFFSET"),
-                    uuid: value("PTUUID"),
+                    offset: probe.value(c"PTMAGIC_OFFSET"),
+                    uuid: probe.value(c"PTUUID"),
                     label: None,
                 }
             } else {
@@ -236,6 +228,91 @@ impl Device {
             }
         }
         Ok(())
+    }
+}
+
+/// The few functions of libblkid's low-level probing API that
+/// [`Device::probe`] needs. build.rs links libblkid statically where
+/// libblkid.a is installed: commands that never probe then do not pay for
+/// loading it, and the others bind only what they call.
+mod blkid {
+    use std::ffi::{c_char, c_int, c_void, CStr};
+    use std::os::unix::io::RawFd;
+
+    #[allow(non_camel_case_types)]
+    type blkid_probe = *mut c_void;
+
+    extern "C" {
+        fn blkid_new_probe() -> blkid_probe;
+        fn blkid_free_probe(pr: blkid_probe);
+        fn blkid_probe_set_device(pr: blkid_probe, fd: c_int, off: i64, size: i64) -> c_int;
+        fn blkid_probe_enable_superblocks(pr: blkid_probe, enable: c_int) -> c_int;
+        fn blkid_probe_enable_partitions(pr: blkid_probe, enable: c_int) -> c_int;
+        fn blkid_do_probe(pr: blkid_probe) -> c_int;
+        fn blkid_probe_lookup_value(
+            pr: blkid_probe,
+            name: *const c_char,
+            data: *mut *const c_char,
+            len: *mut usize,
+        ) -> c_int;
+    }
+
+    /// A probe of the whole of an open file (which it does not close), for
+    /// superblocks and partition tables.
+    pub struct Probe(blkid_probe);
+
+    fn check(what: &str, ret: c_int) -> Result<c_int, String> {
+        if ret < 0 {
+            Err(format!("{what} failed ({ret})"))
+        } else {
+            Ok(ret)
+        }
+    }
+
+    impl Probe {
+        pub fn new(fd: RawFd) -> Result<Probe, String> {
+            // SAFETY: no arguments; a null return is handled.
+            let pr = unsafe { blkid_new_probe() };
+            if pr.is_null() {
+                return Err("blkid_new_probe failed".into());
+            }
+            let probe = Probe(pr);
+            // SAFETY: a live probe; libblkid does not take over the fd.
+            unsafe {
+                check("blkid_probe_set_device", blkid_probe_set_device(pr, fd, 0, 0))?;
+                check("blkid_probe_enable_superblocks", blkid_probe_enable_superblocks(pr, 1))?;
+                check("blkid_probe_enable_partitions", blkid_probe_enable_partitions(pr, 1))?;
+            }
+            Ok(probe)
+        }
+
+        /// Probes on to the next signature: false when there is none left.
+        pub fn next(&self) -> Result<bool, String> {
+            // SAFETY: a live probe.
+            Ok(check("blkid_do_probe", unsafe { blkid_do_probe(self.0) })? == 0)
+        }
+
+        /// A value of the signature found last, when set and UTF-8.
+        pub fn value(&self, name: &CStr) -> Option<String> {
+            let mut data: *const c_char = std::ptr::null();
+            let mut len = 0usize;
+            // SAFETY: a live probe, a NUL-terminated name, pointers to locals.
+            let ret = unsafe { blkid_probe_lookup_value(self.0, name.as_ptr(), &mut data, &mut len) };
+            if ret != 0 || data.is_null() {
+                return None;
+            }
+            // SAFETY: libblkid hands out a NUL-terminated string that lives
+            // as long as the probe's current result.
+            let value = unsafe { CStr::from_ptr(data) };
+            value.to_str().ok().map(str::to_owned)
+        }
+    }
+
+    impl Drop for Probe {
+        fn drop(&mut self) {
+            // SAFETY: a live probe, freed once.
+            unsafe { blkid_free_probe(self.0) }
+        }
     }
 }
 
