@@ -6,6 +6,9 @@
 //!   binds its ~250 symbols at every start, which commands that never probe
 //!   (super-show, register, ...) paid for nothing. `BCACHE_BLKID=dynamic`
 //!   links the shared library instead.
+//! - The binary binds symbols lazily (`-z lazy`, as the C bcache-tools are
+//!   built) instead of all at start (`-z now`, rustc's default): a command
+//!   binds only the few libc functions it calls. RELRO stays (partial).
 
 use std::path::PathBuf;
 use std::process::Command;
@@ -15,6 +18,10 @@ fn main() {
     println!("cargo:rerun-if-env-changed=BCACHE_BLKID");
     println!("cargo:rerun-if-env-changed=PKG_CONFIG_PATH");
     link_blkid();
+    let target_os = std::env::var("CARGO_CFG_TARGET_OS").unwrap_or_default();
+    if target_os == "linux" {
+        println!("cargo:rustc-link-arg-bins=-Wl,-z,lazy");
+    }
 }
 
 fn link_blkid() {
