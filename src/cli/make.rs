@@ -1,3 +1,5 @@
+use std::fmt::Write as _;
+use std::io::Write as _;
 use std::path::PathBuf;
 
 use anyhow::Context;
@@ -125,32 +127,36 @@ pub fn run(args: &MakeArgs, m: &ArgMatches) -> anyhow::Result<Outcome> {
     };
     let plan = make::plan(&targets, &opts, &Sysfs::default())?;
     plan.write()?;
+    // One write for the whole summary, as bcache-tools makes it.
+    let mut out = String::new();
     for (dev, sb) in &plan.items {
-        print_summary(&dev.path().display().to_string(), sb);
+        summary(&mut out, &dev.path().display().to_string(), sb);
     }
+    std::io::stdout().lock().write_all(out.as_bytes())?;
     Ok(Outcome::Ok)
 }
 
 /// What was written, in bcache-tools 1.1's format.
-fn print_summary(path: &str, sb: &Superblock) {
+fn summary(o: &mut String, path: &str, sb: &Superblock) {
     let label = String::from_utf8_lossy(sb.label_bytes());
     let kind = if sb.role() == Some(Role::Cache) { "cache" } else { "data" };
-    println!("Name\t\t\t{path}");
-    println!("Label\t\t\t{label}");
-    println!("Type\t\t\t{kind}");
-    println!("UUID:\t\t\t{}", sb.uuid.hyphenated());
-    println!("Set UUID:\t\t{}", sb.set_uuid.hyphenated());
-    println!("version:\t\t{}", sb.version);
+    // Writing into a String cannot fail.
+    let _ = writeln!(o, "Name\t\t\t{path}");
+    let _ = writeln!(o, "Label\t\t\t{label}");
+    let _ = writeln!(o, "Type\t\t\t{kind}");
+    let _ = writeln!(o, "UUID:\t\t\t{}", sb.uuid.hyphenated());
+    let _ = writeln!(o, "Set UUID:\t\t{}", sb.set_uuid.hyphenated());
+    let _ = writeln!(o, "version:\t\t{}", sb.version);
     if sb.role() == Some(Role::Cache) {
-        println!("nbuckets:\t\t{}", sb.nbuckets());
-        println!("block_size_in_sectors:\t{}", sb.block_size);
-        println!("bucket_size_in_sectors:\t{}", sb.bucket_sectors());
-        println!("nr_in_set:\t\t{}", sb.nr_in_set);
-        println!("nr_this_dev:\t\t{}", sb.nr_this_dev);
-        println!("first_bucket:\t\t{}", sb.first_bucket);
+        let _ = writeln!(o, "nbuckets:\t\t{}", sb.nbuckets());
+        let _ = writeln!(o, "block_size_in_sectors:\t{}", sb.block_size);
+        let _ = writeln!(o, "bucket_size_in_sectors:\t{}", sb.bucket_sectors());
+        let _ = writeln!(o, "nr_in_set:\t\t{}", sb.nr_in_set);
+        let _ = writeln!(o, "nr_this_dev:\t\t{}", sb.nr_this_dev);
+        let _ = writeln!(o, "first_bucket:\t\t{}", sb.first_bucket);
     } else {
-        println!("block_size_in_sectors:\t{}", sb.block_size);
-        println!("data_offset_in_sectors:\t{}", sb.data_offset());
+        let _ = writeln!(o, "block_size_in_sectors:\t{}", sb.block_size);
+        let _ = writeln!(o, "data_offset_in_sectors:\t{}", sb.data_offset());
     }
-    println!();
+    o.push('\n');
 }
