@@ -9,6 +9,12 @@
 //! - The binary binds symbols lazily (`-z lazy`, as the C bcache-tools are
 //!   built) instead of all at start (`-z now`, rustc's default): a command
 //!   binds only the few libc functions it calls. RELRO stays (partial).
+//! - The unwinder, which std needs for backtraces only (panic=abort), comes
+//!   from GCC's libgcc_eh.a, as `gcc -static-libgcc` links it, instead of
+//!   libgcc_s.so.1: one shared library less to load at every start. This
+//!   crate's native libraries precede std's on the link line, so the
+//!   linker resolves the unwinder here and, with --as-needed, leaves
+//!   libgcc_s out.
 
 use std::path::PathBuf;
 use std::process::Command;
@@ -17,11 +23,28 @@ fn main() {
     println!("cargo:rerun-if-changed=build.rs");
     println!("cargo:rerun-if-env-changed=BCACHE_BLKID");
     println!("cargo:rerun-if-env-changed=PKG_CONFIG_PATH");
+    println!("cargo:rerun-if-env-changed=CC");
     link_blkid();
     let target_os = std::env::var("CARGO_CFG_TARGET_OS").unwrap_or_default();
+    let target_env = std::env::var("CARGO_CFG_TARGET_ENV").unwrap_or_default();
     if target_os == "linux" {
         println!("cargo:rustc-link-arg-bins=-Wl,-z,lazy");
     }
+    if target_os == "linux" && target_env == "gnu" && gcc_has("libgcc_eh.a") {
+        println!("cargo:rustc-link-lib=static:-bundle=gcc_eh");
+    }
+}
+
+/// Whether the C compiler (the linker driver rustc uses) has this library
+/// of its own.
+fn gcc_has(file: &str) -> bool {
+    let cc = std::env::var("CC").unwrap_or_else(|_| "cc".into());
+    let Ok(out) = Command::new(cc).arg(format!("-print-file-name={file}")).output() else {
+        return false;
+    };
+    // An unknown file comes back as its bare name.
+    let path = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
+    out.status.success() && path.is_absolute() && path.is_file()
 }
 
 fn link_blkid() {
