@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Regenerates the seed corpus in fuzz/seeds/: real superblocks written by
+# Regenerates the seed corpus in fuzz/seeds/superblock/: real superblocks written by
 # our `bcache make` (and by bcache-tools' make-bcache when it is installed)
 # on sparse images, each seed the 4 KiB block at byte 4096.
 #
@@ -13,7 +13,7 @@ bin=${1:-$root/target/debug/bcache}
 if [[ ! -x $bin ]]; then
     cargo build --manifest-path "$root/Cargo.toml" --bin bcache
 fi
-seeds=$here/seeds
+seeds=$here/seeds/superblock
 mkdir -p "$seeds"
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
