@@ -400,6 +400,17 @@ fn note(r: &mut Record, set: Option<Uuid>, st: Option<BdevState>, mode: Option<C
     }
 }
 
+/// [`sync_headers`] for the system's bcachetab, when there is one: after
+/// anything that may attach or detach its devices (registering a cache
+/// attaches the devices waiting for its set).
+pub fn sync_system_headers() -> Result<(), ApplyError> {
+    let env = Env::default();
+    match Tab::load(&env.tab) {
+        Ok(tab) if !tab.entries.is_empty() => sync_headers(&env, &tab),
+        _ => Ok(()),
+    }
+}
+
 /// Reads back what the kernel wrote into the headers set up at this boot
 /// (stock kernels emit no uevent for it) into the state file.
 pub fn sync_headers(env: &Env, tab: &Tab) -> Result<(), ApplyError> {

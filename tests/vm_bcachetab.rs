@@ -159,3 +159,144 @@ fn stock_kernel_header_layout_survives_power_loss() {
 fn patched_module_raw_layout_survives_power_loss() {
     adopt_writeback_power_cut_and_back(true);
 }
+
+/// A forced run without the cache set marks the device stale in the state
+/// file; at the next boot the set's old (dirty) data for it is dropped
+/// when it attaches, never served over what was written since.
+#[test]
+fn forced_run_is_recorded_stale_and_old_cache_data_is_never_served() {
+    let scratch = Scratch::new();
+    let backing = scratch.image("backing.img", 64 * MIB);
+    let cache = scratch.image("cache.img", 300 * MIB);
+    // Data at 8 MiB: A on the disk before adoption, B written through the
+    // cache (dirty at the power cut; some of it may have been written back),
+    // C written while the cache is away.
+    let (a, b, c) = (pattern(MIB as usize, 0xa), pattern(MIB as usize, 0xb), pattern(MIB as usize, 0xc));
+    let file = std::fs::OpenOptions::new().write(true).open(&backing).unwrap();
+    std::os::unix::fs::FileExt::write_all_at(&file, &a, 8 * MIB).unwrap();
+    drop(file);
+    const AT: &str = "bs=1M seek=8 count=1";
+    const READ: &str = "bs=1M skip=8 count=1";
+
+    let mut vm = guest(false);
+    vm.disk(&backing).disk(&cache).file("/root/b", b.clone(), false);
+    let out = vm.run(&format!(
+        r#"{RES}
+        check make_cache bcache make -C /dev/vdb
+        check adopt bcache adopt /dev/vda --cache /dev/vdb --writeback --name d
+        wait_for /dev/bcache0
+        check write_b dd if=/root/b of=/dev/bcache0 {AT} oflag=direct
+        emit state "$(cat /sys/block/bcache0/bcache/state)"
+        {SAVE}
+        power_cut
+        "#
+    ));
+    assert_eq!(out.expect_value("state"), "dirty");
+
+    let blank = scratch.image("blank.img", 300 * MIB);
+    let mut vm2 = guest(false);
+    vm2.disk(&backing).disk(&blank).file("/root/c", c.clone(), false);
+    carry(&mut vm2, &out);
+    let out2 = vm2.run(&format!(
+        r#"{RES}
+        bcache tab apply --all || true
+        D=/dev/$(ls /sys/block | grep '^dm-' | head -1)
+        emit plain_run "$(res bcache run $D)"
+        emit forced "$(res bcache run --force $D)"
+        wait_for /dev/bcache0
+        check write_c dd if=/root/c of=/dev/bcache0 {AT} oflag=direct
+        section list bcache tab list
+        {SAVE}
+        "#
+    ));
+    out2.assert_ok();
+    assert!(out2.expect_value("plain_run").contains("--force"), "{}", out2.expect_value("plain_run"));
+    assert!(out2.expect_value("forced").contains("marked stale"), "{}", out2.expect_value("forced"));
+    assert!(out2.section("state").contains("stale=1"), "{}", out2.section("state"));
+
+    let mut vm3 = guest(false);
+    vm3.disk(&backing).disk(&cache).file("/root/c", c, false);
+    carry(&mut vm3, &out2);
+    let out3 = vm3.run(&format!(
+        r#"{RES}
+        check apply bcache tab apply --all
+        wait_for /dev/bcache0
+        check register_cache bcache register /dev/vdb
+        wait_until 30 test -e /sys/block/bcache0/bcache/cache
+        check reads_c_not_the_cached_b sh -c 'dd if=/dev/bcache0 {READ} iflag=direct 2>/dev/null | cmp - /root/c'
+        {SAVE}
+        "#
+    ));
+    out3.assert_ok();
+    let state = out3.section("state");
+    assert!(!state.contains("stale=1") && state.contains("attached="), "attached again, afresh: {state}");
+}
+
+/// Bad lines are each reported as FILE:LINE, the good lines still come up,
+/// and the exit status says something failed; nothing is written to any
+/// device.
+#[test]
+fn bad_bcachetab_lines_are_reported_and_the_rest_applied() {
+    let scratch = Scratch::new();
+    let mut vm = guest(false);
+    let disks: Vec<_> = (0..5).map(|i| scratch.image(&format!("d{i}.img"), 16 * MIB)).collect();
+    for (i, d) in disks.iter().enumerate() {
+        let file = std::fs::OpenOptions::new().write(true).open(d).unwrap();
+        std::os::unix::fs::FileExt::write_all_at(&file, &pattern(64 << 10, i as u64 + 1), 0).unwrap();
+        vm.disk(d);
+    }
+    let before: Vec<Vec<u8>> = disks.iter().map(|d| std::fs::read(d).unwrap()).collect();
+    let set = "0a9e1f4c-57d1-4bb8-a2f0-3e0c9fd1e0aa";
+    let u = |n: u32| format!("6f1c1e0a-3b44-4e0b-9c57-1f0f0b6a7d{n:02}");
+    let tab = format!(
+        "# a good line, then one of each problem, then a good line\n\
+         good0 /dev/vda {u0} -\n\
+         opt /dev/vdb {u1} - mode=writeback,turbo=1\n\
+         dup /dev/vdc {u0} -\n\
+         baduuid /dev/vdc 6f1c1e0a-3b44-4e0b-9c57 -\n\
+         gone /dev/disk/by-id/no-such-disk {u2} -\n\
+         switch /dev/vdd {u3} {set} mode=writeback\n\
+         good1 /dev/vde {u4} -\n",
+        u0 = u(0),
+        u1 = u(1),
+        u2 = u(2),
+        u3 = u(3),
+        u4 = u(4),
+    );
+    // /dev/vdd was used with register_raw and holds dirty data in its set.
+    let state = format!("{} layout=raw attached={set} state=dirty mode=writeback\n", u(3));
+    vm.file("/etc/bcachetab", tab, false).file("/var/lib/bcache/state", state, false);
+    let out = vm.run(&format!(
+        r#"{RES}
+        bcache tab apply --all > /tmp/out 2> /tmp/err && emit apply_status 0 || emit apply_status $?
+        section stderr cat /tmp/err
+        section stdout cat /tmp/out
+        emit check_status "$(bcache tab check >/dev/null 2>&1; echo $?)"
+        emit up "$(ls /sys/block | grep -c '^bcache')"
+        "#
+    ));
+    out.assert_ok();
+    assert_eq!(out.expect_value("apply_status"), "1");
+    assert_eq!(out.expect_value("check_status"), "1");
+    assert_eq!(out.expect_value("up"), "2", "good0 and good1 up");
+    let err = out.section("stderr");
+    for (line, what) in [
+        (3, "options: unknown option 'turbo'"),
+        (4, "uuid: uuid already used on line 2"),
+        (5, "uuid: '6f1c1e0a-3b44-4e0b-9c57' is not a uuid"),
+        (6, "no device is /dev/disk/by-id/no-such-disk"),
+        (7, "its layout is recorded as raw but would now be header"),
+    ] {
+        let want = format!("/etc/bcachetab:{line}: ");
+        assert!(
+            err.lines().any(|l| l.contains(&want) && l.contains(what)),
+            "no '{want}... {what}' in:\n{err}"
+        );
+    }
+    assert_eq!(err.lines().count(), 5, "one line per problem:\n{err}");
+    let stdout = out.section("stdout");
+    assert!(stdout.contains("/etc/bcachetab:2: /dev/vda: up") && stdout.contains("/etc/bcachetab:8: /dev/vde: up"), "{stdout}");
+    for (d, b) in disks.iter().zip(&before) {
+        assert!(&std::fs::read(d).unwrap() == b, "{} changed", d.display());
+    }
+}

@@ -141,6 +141,12 @@ pub fn register(args: &RegisterArgs) -> anyhow::Result<Outcome> {
             failed = true;
         }
     }
+    // A cache set that came up attached the bcachetab devices waiting for
+    // it: the state file must know before anything can mark them stale.
+    if let Err(e) = bcache::apply::sync_system_headers() {
+        eprintln!("bcache register: {e}");
+        failed = true;
+    }
     Ok(if failed { Outcome::Exit(1) } else { Outcome::Ok })
 }
 

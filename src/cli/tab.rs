@@ -219,7 +219,10 @@ pub fn apply_cmd(args: &ApplyArgs) -> anyhow::Result<Outcome> {
         for e in &tab.entries {
             match apply::resolve(&e.device) {
                 Some(p) => todo.push((e, p)),
-                None => println!("{}: {}: {}", at(&tab, e), e.device, Status::Missing),
+                None => {
+                    eprintln!("bcache tab apply: {}: device: no device is {}", at(&tab, e), e.device);
+                    failed = true;
+                }
             }
         }
     } else if args.devices.is_empty() {
