@@ -11,6 +11,9 @@
 #                                       made only when `zstd` is installed
 #   $BCACHE_VM_CACHE/modules/*.ko       decompressed modules the guest needs
 #   $BCACHE_VM_CACHE/modules/load-order module file names, one a line, in insmod order
+#   $BCACHE_VM_CACHE/lib-modules/RELEASE the package's whole module tree (modules as shipped,
+#                                       xz-compressed) with depmod's indexes, for the Debian
+#                                       userland guests (`Vm::debian`): modprobe and udev's kmod
 #   $BCACHE_VM_CACHE/kernel-package     "PACKAGE VERSION" of the .deb used
 #   $BCACHE_VM_CACHE/kernel-release     uname -r of the guest, e.g. 6.12.115+deb12-amd64
 #                                       (written last: its presence marks a complete cache;
@@ -36,7 +39,9 @@ CACHE=${BCACHE_VM_CACHE:-${HOME:-/root}/.cache/bcache-tools-vm}
 # jbd2, ext4 and libcrc32c want a crc32c implementation) are not followed: their
 # providers must be listed here, before their users. The harness (tests/common/vm.rs)
 # loads a subset at boot, in an order it computes from depends= and softdep=.
-WANTED="virtio_blk virtio_console dm-mod loop crc16 crc32c_generic mbcache jbd2 ext4 libcrc32c xfs null_blk bcache"
+# 9p, 9pnet_virtio and overlay: the first stage of a Debian userland guest (host / over
+# virtio-9p under an overlay whose upper layer is on an ext4 system disk).
+WANTED="virtio_blk virtio_console dm-mod loop crc16 crc32c_generic mbcache jbd2 ext4 libcrc32c xfs null_blk bcache 9p 9pnet_virtio overlay"
 
 say() { printf 'fetch-assets: %s\n' "$*" >&2; }
 die() { say "error: $*"; exit 1; }
@@ -57,6 +62,7 @@ complete_cache() {
     while read -r ko; do
         [ -s "$CACHE/modules/$ko" ] || return 1
     done < "$CACHE/modules/load-order"
+    [ -s "$CACHE/lib-modules/$(cat "$CACHE/kernel-release")/modules.dep.bin" ] || return 1
     # A cache made for another module list is refetched.
     [ "$(cat "$CACHE/wanted" 2>/dev/null)" = "$WANTED" ]
 }
@@ -66,8 +72,8 @@ if [ "$refresh" = 0 ] && complete_cache; then
     exit 0
 fi
 
-for tool in apt-get apt-cache dpkg-deb xz; do
-    command -v "$tool" >/dev/null 2>&1 || die "$tool not found (install apt, dpkg and xz-utils)"
+for tool in apt-get apt-cache dpkg-deb xz depmod; do
+    command -v "$tool" >/dev/null 2>&1 || die "$tool not found (install apt, dpkg, xz-utils and kmod)"
 done
 
 mkdir -p "$CACHE"
@@ -171,8 +177,15 @@ else
     say "zstd not installed: no vmlinux, QEMU will boot vmlinuz (slower)"
 fi
 
+# The whole module tree, with the indexes the package's postinst would make.
+say "running depmod on the module tree"
+mkdir -p "$WORK/tree/lib/modules"
+mv "$moddir" "$WORK/tree/lib/modules/$release"
+depmod -b "$WORK/tree" "$release" || die "depmod failed"
+
 rm -f "$CACHE/kernel-release" "$CACHE/vmlinux"
-rm -rf "$CACHE/modules"
+rm -rf "$CACHE/modules" "$CACHE/lib-modules"
+mv "$WORK/tree/lib/modules" "$CACHE/lib-modules"
 mv "$WORK/modules" "$CACHE/modules"
 mv "$WORK/load-order" "$CACHE/modules/load-order"
 cp "$vmlinuz" "$CACHE/vmlinuz"
