@@ -32,6 +32,12 @@
 //! ext4 and xfs (seconds each under TCG) with [`Vm::module`] or `load_module` in the guest.
 //! More in tests/vm/README.md.
 //!
+//! Debian userland guests ([`Vm::debian`]): the host's / (read-only, virtio-9p) under an
+//! overlay whose upper layer is on a persistent ext4 system disk ([`system_disk`]), the
+//! kernel package's whole module tree, systemd as PID 1 (or udevd by hand,
+//! [`DebianInit::Udevd`]) with a real systemd-udevd and the project's udev rule; every
+//! `run` is a reboot on the same disks; `power_cut` is a hard kill. See tests/vm/README.md.
+//!
 //! Environment: BCACHE_VM_CACHE (assets), BCACHE_VM_TIMEOUT (seconds, default 300),
 //! BCACHE_VM_QEMU (qemu-system-x86_64 to use), BCACHE_VM_KEEP=1 (keep each run's
 //! directory: initramfs, logs, QEMU command line), BCACHE_VM_TRACE=0 (no `set -x`).
@@ -51,6 +57,10 @@ use std::time::{Duration, Instant};
 const GUEST_INIT: &str = include_str!("../vm/init.sh");
 const GUEST_RUN_SCENARIO: &str = include_str!("../vm/run-scenario.sh");
 const GUEST_LIB: &str = include_str!("../vm/guest-lib.sh");
+const GUEST_DEBIAN_STAGE1: &str = include_str!("../vm/debian-stage1.sh");
+const GUEST_DEBIAN_GUEST: &str = include_str!("../vm/guest.sh");
+/// The project's udev rule, installed in Debian userland guests like the README says.
+const PROJECT_UDEV_RULE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/udev/69-bcache.rules");
 
 /// Names under which our multi-call binary is installed in the guest (besides `bcache`).
 pub const MULTICALL_NAMES: &[&str] = &["make-bcache", "bcache-super-show", "probe-bcache", "bcache-register"];
@@ -64,6 +74,27 @@ pub const GUEST_BCACHE: &str = "/usr/sbin/bcache";
 const DEFAULT_TIMEOUT: Duration = Duration::from_secs(300);
 const PORTS: &[&str] = &["out", "err", "meta"];
 const QBOOT: &str = "/usr/share/qemu/qboot.rom";
+
+/// virtio-blk serial of the system disk of a Debian userland guest.
+pub const SYSTEM_DISK_SERIAL: &str = "bcache-vm-system";
+/// Default size of a system disk made by [`system_disk`].
+pub const SYSTEM_DISK_SIZE: u64 = 1 << 30;
+/// Modules a Debian guest's kernel refuses (`module_blacklist=`): drivers for the
+/// emulated PC's devices and CPU features that udev's coldplug would load, at a cost
+/// of seconds under TCG, and that no test uses.
+pub const DEBIAN_MODULE_BLACKLIST: &[&str] = &[
+    "kvm", "kvm_amd", "kvm_intel", "ccp", "floppy", "pcspkr", "psmouse", "serio_raw", "evdev", "i2c_piix4", "ata_piix", "ata_generic",
+    "libata", "qemu_fw_cfg", "aesni_intel", "ghash_clmulni_intel", "polyval_clmulni", "sha1_ssse3", "sha256_ssse3", "sha512_ssse3",
+    "crc32_pclmul", "crct10dif_pclmul", "drm", "bochs", "button", "joydev",
+];
+/// Modules the first stage of a Debian userland guest loads (from the initramfs).
+const DEBIAN_STAGE1_MODULES: &[&str] = &["virtio_blk", "9p", "9pnet_virtio", "overlay", "ext4"];
+/// What `bcache-vm.target` (the default unit of a systemd guest) wants besides the
+/// scenario; [`Vm::boot_unit`] adds more.
+/// Not sysinit.target: systemd-tmpfiles-setup alone takes minutes under TCG there
+/// (it walks and copies up the host's /var through 9p).
+pub const DEBIAN_BOOT_UNITS: &[&str] =
+    &["systemd-journald.service", "systemd-modules-load.service", "systemd-udevd.service", "systemd-udev-trigger.service", "local-fs.target"];
 
 /// The cache directory of tests/vm/fetch-assets.sh.
 pub fn cache_dir() -> PathBuf {
@@ -84,6 +115,9 @@ pub struct Assets {
     pub modules: Vec<Module>,
     /// `uname -r` of the guest, e.g. "6.12.117+deb12-amd64".
     pub release: String,
+    /// The kernel package's whole module tree with depmod's indexes
+    /// (`lib-modules/RELEASE` in the cache), for Debian userland guests.
+    pub module_tree: PathBuf,
 }
 
 /// A fetched kernel module.
@@ -182,7 +216,8 @@ impl Assets {
             let ko = fs::read(&path).map_err(|e| format!("{hint}: modules/{file}: {e}"))?;
             modules.push(parse_module(path, &ko));
         }
-        Ok(Assets { dir, kernel, modules, release })
+        let module_tree = dir.join("lib-modules");
+        Ok(Assets { dir, kernel, modules, release, module_tree })
     }
 
     /// The fetched module called (or aliased) `name`.
@@ -260,6 +295,11 @@ impl Scratch {
     pub fn image(&self, name: &str, size: u64) -> PathBuf {
         sparse_image(&self.path.join(name), size)
     }
+
+    /// The system disk `name` in this directory ([`system_disk`]: made on the first call).
+    pub fn system_disk(&self, name: &str) -> PathBuf {
+        system_disk(&self.path.join(name))
+    }
 }
 
 impl Default for Scratch {
@@ -276,6 +316,25 @@ impl Drop for Scratch {
             }
         }
     }
+}
+
+/// A system disk for [`Vm::debian`]: an ext4 file system (label bcache-vm-sys) in a
+/// sparse file of [`SYSTEM_DISK_SIZE`] bytes at `path`, holding the guest's root
+/// overlay upper layer (what a boot changes in /etc, /var, ...). Made once: an existing
+/// file is kept as is, so call this once per test and boot every `run` on it.
+pub fn system_disk(path: &Path) -> PathBuf {
+    if path.exists() {
+        return path.to_path_buf();
+    }
+    sparse_image(path, SYSTEM_DISK_SIZE);
+    // inode tables and journal zeroed here, not by the guest's ext4lazyinit under TCG
+    let out = Command::new("mkfs.ext4")
+        .args(["-q", "-F", "-L", "bcache-vm-sys", "-E", "lazy_itable_init=0,lazy_journal_init=0"])
+        .arg(path)
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run mkfs.ext4 (apt-get install e2fsprogs): {e}"));
+    assert!(out.status.success(), "mkfs.ext4 {}: {}", path.display(), String::from_utf8_lossy(&out.stderr));
+    path.to_path_buf()
 }
 
 /// Create (or truncate to zero and regrow) a sparse file of `size` bytes at `path`.
@@ -310,6 +369,22 @@ struct Disk {
     opts: DiskOptions,
 }
 
+/// What PID 1 of a Debian userland guest is (see tests/vm/README.md for the figures).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DebianInit {
+    /// systemd, with `bcache-vm.target` as its default unit: [`DEBIAN_BOOT_UNITS`],
+    /// the units given with [`Vm::boot_unit`], and the scenario's service.
+    Systemd,
+    /// guest.sh: `systemd-udevd --daemon`, `udevadm trigger --action=add`, settle.
+    Udevd,
+}
+
+#[derive(Clone, Debug)]
+enum Userland {
+    Busybox,
+    Debian { system_disk: PathBuf, init: DebianInit },
+}
+
 #[derive(Clone, Debug)]
 enum Source {
     Host(PathBuf),
@@ -333,6 +408,13 @@ pub struct Vm {
     trace: bool,
     kernel_args: Vec<String>,
     modules: Vec<String>,
+    userland: Userland,
+    /// Modules asked for with `module` (a Debian guest loads only these at boot).
+    extra_modules: Vec<String>,
+    /// Module name → host .ko replacing the fetched one.
+    module_overrides: Vec<(String, PathBuf)>,
+    symlinks: Vec<(String, String)>,
+    boot_units: Vec<String>,
 }
 
 impl Default for Vm {
@@ -364,7 +446,82 @@ impl Vm {
             trace: std::env::var("BCACHE_VM_TRACE").map(|v| v != "0").unwrap_or(true),
             kernel_args: Vec::new(),
             modules: DEFAULT_MODULES.iter().map(|s| s.to_string()).collect(),
+            userland: Userland::Busybox,
+            extra_modules: Vec::new(),
+            module_overrides: Vec::new(),
+            symlinks: Vec::new(),
+            boot_units: Vec::new(),
         }
+    }
+
+    /// A guest with a Debian userland: `Vm::new().userland_debian(system_disk)`.
+    pub fn debian(system_disk: &Path) -> Vm {
+        let mut vm = Vm::new();
+        vm.userland_debian(system_disk);
+        vm
+    }
+
+    /// Boot into a Debian userland instead of busybox: the host's / (read-only, over
+    /// virtio-9p) under an overlay whose upper layer is on `system_disk` (an ext4 image
+    /// made by [`system_disk`]; what a boot changes under /etc, /var, ... is there at the
+    /// next `run` on the same image), the kernel package's whole module tree at
+    /// /lib/modules/RELEASE (modprobe and udev load modules on demand), and systemd as
+    /// PID 1 with a real systemd-udevd and the project's installed udev rule
+    /// (udev/69-bcache.rules as /usr/lib/udev/rules.d/69-bcache.rules, our binary as
+    /// /usr/sbin/bcache with its multi-call links). The system disk is the last virtio
+    /// disk (serial [`SYSTEM_DISK_SERIAL`], `$VM_SYSTEM_DISK` in the guest), after the
+    /// test's /dev/vda, /dev/vdb, ... The scenario runs under bash once `udevadm
+    /// settle` returns; then the guest powers off cleanly (`systemctl poweroff`), unless
+    /// the scenario calls `power_cut`. More in tests/vm/README.md.
+    pub fn userland_debian(&mut self, system_disk: &Path) -> &mut Self {
+        assert!(system_disk.is_file(), "system disk {} does not exist (make it with vm::system_disk)", system_disk.display());
+        assert!(
+            self.assets.module_tree.join(&self.assets.release).join("modules.dep.bin").is_file(),
+            "no module tree in {} for a Debian userland guest: run tests/vm/fetch-assets.sh",
+            self.assets.module_tree.display()
+        );
+        self.userland = Userland::Debian { system_disk: system_disk.to_path_buf(), init: DebianInit::Systemd };
+        self
+    }
+
+    /// PID 1 of a Debian userland guest (default [`DebianInit::Systemd`]).
+    pub fn debian_init(&mut self, init: DebianInit) -> &mut Self {
+        match &mut self.userland {
+            Userland::Debian { init: i, .. } => *i = init,
+            Userland::Busybox => panic!("debian_init: not a Debian userland guest (Vm::debian)"),
+        }
+        self
+    }
+
+    /// Under systemd, start this unit at boot too (bcache-vm.target wants it), e.g. a
+    /// service the test installed with `file`.
+    pub fn boot_unit(&mut self, unit: &str) -> &mut Self {
+        self.boot_units.push(unit.to_string());
+        self
+    }
+
+    /// A symbolic link at `guest_path` to `target` (e.g. enabling a unit in
+    /// /etc/systemd/system/*.wants).
+    pub fn symlink(&mut self, guest_path: &str, target: &str) -> &mut Self {
+        self.symlinks.push((guest_path.to_string(), target.to_string()));
+        self
+    }
+
+    /// Replace the fetched module of the same name (file name without .ko, e.g. the
+    /// patched bcache.ko) by this host file. Busybox guest: it is /lib/modules/NAME.ko,
+    /// what /init and load_module insmod. Debian guest: it is
+    /// /lib/modules/RELEASE/updates/NAME.ko, with depmod's indexes made again (on the
+    /// host, cached under the cargo target tmp dir), so modprobe and udev load it
+    /// instead of the stock one. `host_file(ko, "/lib/modules/NAME.ko")` does the same.
+    pub fn module_override(&mut self, ko: &Path) -> &mut Self {
+        let name = module_name(&ko.file_name().unwrap_or_else(|| panic!("bad module path {}", ko.display())).to_string_lossy());
+        let m = self.assets.module(&name).unwrap_or_else(|| panic!("module_override: {name} is not a fetched module"));
+        let file = m.path.file_name().unwrap().to_string_lossy().into_owned();
+        self.host_file(ko, &format!("/lib/modules/{file}"))
+    }
+
+    fn is_debian(&self) -> bool {
+        matches!(self.userland, Userland::Debian { .. })
     }
 
     pub fn assets(&self) -> &Assets {
@@ -468,9 +625,14 @@ impl Vm {
 
     /// Load this module (and what it depends on) at boot, besides [`DEFAULT_MODULES`];
     /// e.g. "ext4", "xfs". The scenario can also call `load_module NAME` itself.
+    /// In a Debian guest: `modprobe NAME` at boot (before udev starts; any module of
+    /// the kernel package, not only fetched ones).
     pub fn module(&mut self, name: &str) -> &mut Self {
-        self.assets.module_closure(&[name.to_string()]);
+        if !self.is_debian() {
+            self.assets.module_closure(&[name.to_string()]);
+        }
         self.modules.push(name.to_string());
+        self.extra_modules.push(name.to_string());
         self
     }
 
@@ -508,11 +670,20 @@ impl Vm {
         let dir = run.path().to_path_buf();
         let initrd = dir.join("initramfs.cpio");
         let t0 = Instant::now();
-        self.build_initramfs(script, &initrd);
+        let module_tree = if self.is_debian() {
+            self.build_debian_initramfs(script, &initrd);
+            Some(self.debian_module_tree())
+        } else {
+            self.build_initramfs(script, &initrd);
+            None
+        };
         let build_time = t0.elapsed();
 
         let qemu = std::env::var("BCACHE_VM_QEMU").unwrap_or_else(|_| "qemu-system-x86_64".into());
-        let args = self.qemu_args(&dir, &initrd);
+        let mut args = self.qemu_args(&dir, &initrd);
+        if let (Userland::Debian { system_disk, .. }, Some(tree)) = (&self.userland, &module_tree) {
+            args.extend(debian_qemu_args(system_disk, tree));
+        }
         fs::write(dir.join("qemu-cmdline"), shell_words(&qemu, &args)).unwrap();
         let qemu_log = fs::File::create(dir.join("qemu.log")).unwrap();
         let t1 = Instant::now();
@@ -546,6 +717,7 @@ impl Vm {
         let console = read("console.log");
         let dmesg = between(&meta, "@@DMESG-BEGIN", "@@DMESG-END").unwrap_or_default();
         let status = last_status(&meta).or_else(|| last_status(&console));
+        let scenario_start = console.lines().rev().find_map(|l| l.trim_end_matches('\r').strip_prefix("@@SCENARIO-START ")?.trim().parse().ok());
         let kept = if keep_runs() { Some(run.keep()) } else { None };
         let out = VmOutput {
             console,
@@ -558,12 +730,19 @@ impl Vm {
             initramfs_build: build_time,
             kernel_release: self.assets.release.clone(),
             run_dir: kept.clone(),
+            scenario_start,
         };
         eprintln!(
-            "vm: {} disk(s), exit status {}, {:.1} s in QEMU{}",
+            "vm: {}{} disk(s), exit status {}, {:.1} s in QEMU{}{}",
+            match &self.userland {
+                Userland::Busybox => "",
+                Userland::Debian { init: DebianInit::Systemd, .. } => "debian/systemd, ",
+                Userland::Debian { init: DebianInit::Udevd, .. } => "debian/udevd, ",
+            },
             self.disks.len(),
             fmt_status(out.status),
             out.elapsed.as_secs_f64(),
+            out.scenario_start.map(|s| format!(" (scenario started at {s:.1} s of guest uptime)")).unwrap_or_default(),
             kept.as_ref().map(|k| format!(", run dir kept: {}", k.display())).unwrap_or_default()
         );
         if timed_out.load(Ordering::SeqCst) {
@@ -593,6 +772,14 @@ impl Vm {
         .into_iter()
         .map(String::from)
         .collect::<Vec<_>>();
+        if let Userland::Debian { init, .. } = &self.userland {
+            // udev's coldplug would load drivers for all of QEMU's PC (IDE, floppy, kvm,
+            // accelerated crypto, ...): seconds each under TCG, for nothing a test uses
+            append.push(format!("module_blacklist={}", DEBIAN_MODULE_BLACKLIST.join(",")));
+            if *init == DebianInit::Systemd {
+                append.push("systemd.unit=bcache-vm.target".into());
+            }
+        }
         append.extend(self.kernel_args.iter().cloned());
 
         let mut a: Vec<String> = Vec::new();
@@ -631,6 +818,137 @@ impl Vm {
             push(&["-device", &format!("virtserialport,bus=vser0.0,chardev=port-{p},name={p}")]);
         }
         a
+    }
+
+    /// The module tree shared with a Debian guest: the cache's, or a copy with the
+    /// overridden modules in updates/ and depmod run again (cached by content under
+    /// the cargo target tmp dir).
+    fn debian_module_tree(&self) -> PathBuf {
+        let overrides = self.debian_module_overrides();
+        if overrides.is_empty() {
+            return self.assets.module_tree.clone();
+        }
+        derived_module_tree(&self.assets, &overrides)
+    }
+
+    /// Files placed at /lib/modules/NAME.ko (the busybox guest's module path): module
+    /// overrides in a Debian guest.
+    fn debian_module_overrides(&self) -> Vec<(String, PathBuf)> {
+        let mut out: Vec<(String, PathBuf)> = Vec::new();
+        for (guest, src, _) in &self.files {
+            let Some(file) = guest.strip_prefix("/lib/modules/") else { continue };
+            if file.contains('/') || !file.ends_with(".ko") {
+                continue;
+            }
+            let Source::Host(p) = src else { panic!("a module override must be a host file ({guest})") };
+            out.retain(|(f, _)| f != file);
+            out.push((file.to_string(), p.clone()));
+        }
+        out
+    }
+
+    fn build_debian_initramfs(&self, script: &str, dest: &Path) {
+        let Userland::Debian { init, .. } = &self.userland else { unreachable!() };
+        let mut fsys = GuestFs::default();
+        for d in ["/bin", "/sbin", "/usr/bin", "/usr/sbin", "/lib/modules", "/proc", "/sys", "/dev", "/run", "/tmp", "/payload"] {
+            fsys.dir(d);
+        }
+        fsys.node("/dev/console", Node::CharDev(5, 1, 0o600));
+        fsys.node("/dev/null", Node::CharDev(1, 3, 0o666));
+        let busybox = find_host_program("busybox").expect("busybox not found (apt-get install busybox-static)");
+        fsys.program("/bin/busybox", &busybox);
+        for applet in busybox_applets(&busybox) {
+            let path = format!("/{applet}");
+            if path != "/bin/busybox" && !path.ends_with("/busybox") {
+                fsys.node_if_absent(&path, Node::Symlink("/bin/busybox".into()));
+            }
+        }
+        // first stage: only what it takes to build the root
+        let stage1: Vec<String> = DEBIAN_STAGE1_MODULES.iter().map(|s| s.to_string()).collect();
+        let mut order = String::new();
+        for m in self.assets.module_closure(&stage1) {
+            let file = m.path.file_name().unwrap().to_string_lossy().into_owned();
+            fsys.node(&format!("/lib/modules/{file}"), Node::File(Source::Host(m.path.clone()), 0o644));
+            writeln!(order, "{file}").unwrap();
+        }
+        fsys.node("/lib/modules/load-order", Node::File(Source::Bytes(order.into_bytes()), 0o644));
+
+        // second stage: files copied over the Debian root (paths under /payload)
+        let mut p = |path: &str, node: Node| fsys.node(&format!("/payload{path}"), node);
+        if let Some(bin) = &self.bcache_binary {
+            assert!(bin.is_file(), "bcache binary {} does not exist", bin.display());
+            // its libraries are the host's, there in the lower layer
+            p(GUEST_BCACHE, Node::File(Source::Host(bin.clone()), 0o755));
+            for name in MULTICALL_NAMES {
+                p(&format!("/usr/sbin/{name}"), Node::Symlink("bcache".into()));
+            }
+            for name in ["probe-bcache", "bcache-register"] {
+                p(&format!("/usr/lib/udev/{name}"), Node::Symlink(GUEST_BCACHE.into()));
+            }
+            p("/usr/lib/udev/rules.d/69-bcache.rules", Node::File(Source::Host(PROJECT_UDEV_RULE.into()), 0o644));
+        }
+        for (guest, host) in &self.binaries {
+            p(guest, Node::File(Source::Host(host.clone()), 0o755));
+        }
+        let overrides = self.debian_module_overrides();
+        for (guest, src, mode) in &self.files {
+            if overrides.iter().any(|(f, _)| guest.strip_prefix("/lib/modules/") == Some(f.as_str())) {
+                continue;
+            }
+            p(guest, Node::File(src.clone(), *mode));
+        }
+        for (guest, target) in &self.symlinks {
+            p(guest, Node::Symlink(target.clone()));
+        }
+
+        let mut conf = String::new();
+        writeln!(conf, "VM_USERLAND=debian").unwrap();
+        writeln!(conf, "VM_INIT={}", if *init == DebianInit::Systemd { "systemd" } else { "udevd" }).unwrap();
+        writeln!(conf, "VM_SYSTEM_SERIAL={SYSTEM_DISK_SERIAL}").unwrap();
+        writeln!(conf, "VM_SYSTEM_DISK={}", disk_dev(self.disks.len())).unwrap();
+        writeln!(conf, "VM_MODULES={}", sh_quote(&self.extra_modules.join(" "))).unwrap();
+        writeln!(conf, "VM_SCENARIO=/usr/lib/bcache-vm/scenario.sh").unwrap();
+        writeln!(conf, "VM_TRACE={}", if self.trace { 1 } else { 0 }).unwrap();
+        writeln!(conf, "VM_PORTS='{}'", PORTS.join(" ")).unwrap();
+        writeln!(conf, "VM_KERNEL_RELEASE={}", sh_quote(&self.assets.release)).unwrap();
+        writeln!(conf, "VM_DISKS={}", sh_quote(&(0..self.disks.len()).map(disk_dev).collect::<Vec<_>>().join(" "))).unwrap();
+        writeln!(conf, "export VM_USERLAND VM_SYSTEM_DISK VM_SCENARIO VM_TRACE VM_KERNEL_RELEASE VM_DISKS").unwrap();
+        for (k, v) in &self.env {
+            writeln!(conf, "export {k}={}", sh_quote(v)).unwrap();
+        }
+        let bytes = |s: &str| Node::File(Source::Bytes(s.as_bytes().to_vec()), 0o644);
+        fsys.node("/etc/vm.conf", bytes(&conf));
+        fsys.node("/init", Node::File(Source::Bytes(GUEST_DEBIAN_STAGE1.into()), 0o755));
+        let mut p = |path: &str, node: Node| fsys.node(&format!("/payload{path}"), node);
+        p("/usr/lib/bcache-vm/vm.conf", bytes(&conf));
+        p("/usr/lib/bcache-vm/guest.sh", Node::File(Source::Bytes(GUEST_DEBIAN_GUEST.into()), 0o755));
+        p("/usr/lib/bcache-vm/run-scenario.sh", bytes(GUEST_RUN_SCENARIO));
+        p("/usr/lib/bcache-vm/guest-lib.sh", bytes(GUEST_LIB));
+        p("/usr/lib/bcache-vm/scenario.sh", bytes(script));
+        if !self.extra_modules.is_empty() {
+            p("/run/modules-load.d/bcache-vm.conf", bytes(&self.extra_modules.iter().map(|m| format!("{m}\n")).collect::<String>()));
+        }
+        let mut wants: Vec<String> = DEBIAN_BOOT_UNITS.iter().map(|s| s.to_string()).collect();
+        wants.extend(self.boot_units.iter().cloned());
+        p(
+            "/run/systemd/system/bcache-vm.target",
+            bytes(&format!(
+                "# written by tests/common/vm.rs at every boot\n[Unit]\nDescription=bcache-tools VM test\nWants={} bcache-vm-scenario.service\nAllowIsolate=yes\n",
+                wants.join(" ")
+            )),
+        );
+        p(
+            "/run/systemd/system/bcache-vm-scenario.service",
+            bytes(&format!(
+                "# written by tests/common/vm.rs at every boot\n[Unit]\nDescription=bcache-tools VM test scenario\nDefaultDependencies=no\n\
+                 After={} systemd-udev-trigger.service systemd-udevd.service systemd-journald.service\n\
+                 Conflicts=shutdown.target\nBefore=shutdown.target\n\
+                 [Service]\nType=simple\nExecStart=/bin/bash /usr/lib/bcache-vm/guest.sh service\n\
+                 StandardOutput=journal+console\nStandardError=journal+console\nTimeoutStartSec=infinity\n",
+                wants.join(" ")
+            )),
+        );
+        fsys.write_cpio(dest);
     }
 
     fn build_initramfs(&self, script: &str, dest: &Path) {
@@ -721,6 +1039,9 @@ pub struct VmOutput {
     pub kernel_release: String,
     /// The run directory, when kept (BCACHE_VM_KEEP=1).
     pub run_dir: Option<PathBuf>,
+    /// Debian userland guests: the guest's uptime (seconds) when the scenario started,
+    /// i.e. the boot time up to udev settled.
+    pub scenario_start: Option<f64>,
 }
 
 /// One `check` result.
@@ -902,6 +1223,71 @@ impl VmOutput {
         }
         Some(dir)
     }
+}
+
+/// QEMU arguments of a Debian guest besides the common ones: the system disk (last
+/// virtio disk) and the two 9p shares (the host's /, the module tree).
+fn debian_qemu_args(system_disk: &Path, module_tree: &Path) -> Vec<String> {
+    let mut a = Vec::new();
+    a.push("-drive".into());
+    a.push(format!("if=none,id=sysdisk,file={},format=raw,cache=unsafe", qemu_path(system_disk)));
+    a.push("-device".into());
+    a.push(format!("virtio-blk-pci,drive=sysdisk,serial={SYSTEM_DISK_SERIAL}"));
+    for (tag, path) in [("hostroot", Path::new("/")), ("modules", module_tree)] {
+        a.push("-virtfs".into());
+        a.push(format!("local,path={},mount_tag={tag},security_model=none,readonly=on,multidevs=remap", qemu_path(path)));
+    }
+    a
+}
+
+/// A copy of the cache's module tree (hard links where possible) with `overrides`
+/// (file name, host .ko) in updates/ and depmod's indexes made again, under the cargo
+/// target tmp dir, keyed by the overrides' contents; returns the dir holding RELEASE/.
+fn derived_module_tree(assets: &Assets, overrides: &[(String, PathBuf)]) -> PathBuf {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    assets.release.hash(&mut h);
+    for (file, ko) in overrides {
+        file.hash(&mut h);
+        fs::read(ko).unwrap_or_else(|e| panic!("module override {}: {e}", ko.display())).hash(&mut h);
+    }
+    let base = option_env!("CARGO_TARGET_TMPDIR").map(PathBuf::from).unwrap_or_else(std::env::temp_dir).join("vm-modules");
+    let dest = base.join(format!("{}-{:016x}", assets.release, h.finish()));
+    let tree = dest.join("lib/modules");
+    if tree.join(&assets.release).join("modules.dep.bin").is_file() {
+        return tree;
+    }
+    fs::create_dir_all(&base).unwrap();
+    let tmp = tempfile::Builder::new().prefix(".build-").tempdir_in(&base).expect("create module tree dir");
+    let rel = tmp.path().join("lib/modules").join(&assets.release);
+    fn link_tree(from: &Path, to: &Path) {
+        fs::create_dir_all(to).unwrap_or_else(|e| panic!("mkdir {}: {e}", to.display()));
+        for e in fs::read_dir(from).unwrap_or_else(|e| panic!("read {}: {e}", from.display())) {
+            let e = e.unwrap();
+            let (src, dst) = (e.path(), to.join(e.file_name()));
+            if e.file_type().unwrap().is_dir() {
+                link_tree(&src, &dst);
+            } else if e.file_name().to_string_lossy().starts_with("modules.") {
+                fs::copy(&src, &dst).unwrap(); // depmod's outputs: never share them
+            } else if fs::hard_link(&src, &dst).is_err() {
+                fs::copy(&src, &dst).unwrap_or_else(|e| panic!("copy {}: {e}", src.display()));
+            }
+        }
+    }
+    link_tree(&assets.module_tree.join(&assets.release), &rel);
+    fs::create_dir_all(rel.join("updates")).unwrap();
+    for (file, ko) in overrides {
+        fs::copy(ko, rel.join("updates").join(file)).unwrap_or_else(|e| panic!("copy {}: {e}", ko.display()));
+    }
+    let out = Command::new("depmod").arg("-b").arg(tmp.path()).arg(&assets.release).output().unwrap_or_else(|e| panic!("cannot run depmod (apt-get install kmod): {e}"));
+    assert!(out.status.success(), "depmod on {}: {}", tmp.path().display(), String::from_utf8_lossy(&out.stderr));
+    // another test may have made the same tree meanwhile: either is fine
+    let tmp = tmp.keep();
+    if fs::rename(&tmp, &dest).is_err() {
+        let _ = fs::remove_dir_all(&tmp);
+    }
+    assert!(tree.join(&assets.release).join("modules.dep.bin").is_file(), "no module tree at {}", tree.display());
+    tree
 }
 
 fn fmt_status(s: Option<i32>) -> String {

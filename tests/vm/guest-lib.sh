@@ -128,8 +128,12 @@ bcache_of() {
 
 # load_module NAME: insmod a fetched module and what it depends on, unless loaded.
 # (/init loads virtio_blk, dm_mod, loop and bcache; ext4 and xfs are here on demand.)
+# In a Debian userland guest: modprobe NAME (the whole module tree is there).
 load_module() (
     set +x
+    if [ "${VM_USERLAND:-busybox}" = debian ]; then
+        exec modprobe "$1"
+    fi
     _m=$(echo "$1" | tr - _)
     [ -d "/sys/module/$_m" ] && [ -e "/sys/module/$_m/initstate" ] && exit 0
     _line=$(grep "^$_m " /lib/modules/deps) || { echo "load_module: no module $1 in the guest" >&2; exit 1; }
@@ -165,7 +169,10 @@ dmesg_section() {
 }
 
 # power_cut: stop the machine now, like pulling the plug: no sync, no bcache
-# shutdown. Reports status 0 and the dmesg first, so the host sees a success.
+# shutdown, no unmount (sysrq b resets the machine; QEMU runs with -no-reboot, so it
+# exits). Reports status 0 and the dmesg first, so the host sees a success; what the
+# scenario wrote on stdout and stderr before is on the host already (virtio port
+# writes complete when the host has the data).
 power_cut() {
     {
         echo "@@DMESG-BEGIN"
