@@ -5,6 +5,7 @@
 use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
 
 use uuid::Uuid;
 
@@ -295,6 +296,10 @@ pub fn bring_up(env: &Env, entry: &Entry, path: &Path) -> Result<Status, ApplyEr
             r.layout = Some(reg.layout);
             r.mode = Some(reg.mode);
         })?;
+        let since = since_file(env, &entry.uuid);
+        fs::create_dir_all(env.run_dir.join("since"))
+            .and_then(|_| fs::write(&since, b""))
+            .map_err(|e| ApplyError::Io(since.clone(), e))?;
         let dev = Device::open(path, Access::Read)?;
         let (_, rdev) = registered_as(env, entry, &dev).ok_or_else(|| {
             ApplyError::Io(path.to_owned(), io::Error::other("registered, but bcache does not show it"))
@@ -341,24 +346,75 @@ pub fn record_forced_run(env: &Env, uuid: &Uuid) -> Result<(), ApplyError> {
 
 /// The live status of a line's device.
 pub fn status(env: &Env, entry: &Entry) -> Status {
-    let Some(path) = resolve(&entry.device) else { return Status::Missing };
+    live(env, entry).0
+}
+
+/// The status, and the sysfs directory of the registered device.
+fn live(env: &Env, entry: &Entry) -> (Status, Option<PathBuf>) {
+    let Some(path) = resolve(&entry.device) else { return (Status::Missing, None) };
     let device = path.to_string_lossy().into_owned();
-    let Ok(dev) = Device::open(&path, Access::Read) else { return Status::Down { device } };
-    let Some((_, rdev)) = registered_as(env, entry, &dev) else { return Status::Down { device } };
-    let Ok(dir) = env.sysfs.backing_dir(&device, rdev) else { return Status::Down { device } };
+    let dir = Device::open(&path, Access::Read)
+        .ok()
+        .and_then(|dev| registered_as(env, entry, &dev))
+        .and_then(|(_, rdev)| env.sysfs.backing_dir(&device, rdev).ok());
+    let Some(dir) = dir else { return (Status::Down { device }, None) };
     let read = |attr: &str| fs::read_to_string(dir.join(attr)).map(|s| s.trim().to_owned()).ok();
     // The bcache disk is the directory `dev` links to, once it runs.
     let bcache = fs::read_link(dir.join("dev"))
         .ok()
         .and_then(|l| Some(format!("/dev/{}", l.file_name()?.to_str()?)));
-    match (read("running").as_deref(), bcache) {
+    let status = match (read("running").as_deref(), bcache) {
         (Some("1"), Some(bcache)) => Status::Up { device, bcache },
         _ => Status::Waiting {
             device,
             set: entry.cset,
-            dirty: read("state").as_deref() == Some("dirty")
-                || entry.options.mode == CacheMode::Writeback,
+            dirty: read("state").as_deref() == Some("dirty") || entry.options.mode == CacheMode::Writeback,
         },
+    };
+    (status, Some(dir))
+}
+
+/// Where the time a device was registered at this boot is kept (its
+/// modification time): the start of its timeout.
+fn since_file(env: &Env, uuid: &Uuid) -> PathBuf {
+    env.run_dir.join("since").join(uuid.hyphenated().to_string())
+}
+
+/// What [`wait`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Waited {
+    /// Up (with its set, or without one).
+    Up(Status),
+    /// Its timeout passed without the set: run without it, marked stale.
+    RanWithout { after: Duration },
+    /// No timeout applies (writeback, or no timeout= option): left as it is.
+    NoTimeout(Status),
+}
+
+/// Waits for a registered device to come up with its cache set, up to its
+/// `timeout=` counted from its registration at this boot; then runs it
+/// without the set (for caches that may never return: ephemeral disks).
+/// Never for writeback: dirty data must wait for its set.
+pub fn wait(env: &Env, entry: &Entry) -> Result<Waited, ApplyError> {
+    let timeout = match entry.options.timeout {
+        Some(t) if entry.options.mode != CacheMode::Writeback => Duration::from_secs(t.into()),
+        _ => return Ok(Waited::NoTimeout(status(env, entry))),
+    };
+    let since = fs::metadata(since_file(env, &entry.uuid)).and_then(|m| m.modified()).unwrap_or_else(|_| SystemTime::now());
+    let deadline = since + timeout;
+    loop {
+        let (st, dir) = live(env, entry);
+        match (&st, dir) {
+            (Status::Waiting { dirty: false, .. }, Some(dir)) if SystemTime::now() >= deadline => {
+                let shown = dir.display().to_string();
+                env.sysfs.write(&shown, &dir.join("running"), "1")?;
+                record_forced_run(env, &entry.uuid)?;
+                return Ok(Waited::RanWithout { after: timeout });
+            }
+            (Status::Waiting { dirty: false, .. }, _) => std::thread::sleep(Duration::from_millis(200)),
+            // Up, or something no timeout may change (dirty, down, missing).
+            _ => return Ok(if matches!(st, Status::Up { .. }) { Waited::Up(st) } else { Waited::NoTimeout(st) }),
+        }
     }
 }
 

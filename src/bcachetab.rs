@@ -165,6 +165,11 @@ const TUNABLES: &[(&str, Kind)] = &[
 /// The option names bcachetab knows besides the tunables.
 const OPTIONS: &[&str] = &["mode", "layout", "offset", "block", "label", "timeout"];
 
+/// Every option bcachetab takes, tunables included.
+pub fn option_names() -> impl Iterator<Item = &'static str> {
+    OPTIONS.iter().copied().chain(TUNABLES.iter().map(|(n, _)| *n))
+}
+
 /// A sysfs attribute and the value to write to it.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct Tunable {
@@ -361,8 +366,7 @@ fn parse_options(s: &str) -> Result<Options, FieldError> {
     let mut seen: Vec<&str> = Vec::new();
     for opt in s.split(',') {
         let (key, value) = opt.split_once('=').unwrap_or((opt, ""));
-        let known = OPTIONS.iter().chain(TUNABLES.iter().map(|(n, _)| n)).find(|k| **k == key);
-        let Some(&key) = known else {
+        let Some(key) = option_names().find(|k| *k == key) else {
             return Err(("options", format!("unknown option '{key}'")));
         };
         if seen.contains(&key) {

@@ -35,6 +35,15 @@ pub fn generate(args: &GenerateArgs) -> anyhow::Result<Outcome> {
                 let page = format!("bcache-{}", sub.get_name());
                 let cmd = sub.clone().name(page.clone()).bin_name(format!("bcache {}", sub.get_name()));
                 written.push(write_page(&args.dir, &page, cmd)?);
+                // bcache tab apply, ...: a page each.
+                for leaf in sub.get_subcommands().filter(|s| !s.is_hide_set() && s.get_name() != "help") {
+                    let page = format!("bcache-{}-{}", sub.get_name(), leaf.get_name());
+                    let cmd = leaf
+                        .clone()
+                        .name(page.clone())
+                        .bin_name(format!("bcache {} {}", sub.get_name(), leaf.get_name()));
+                    written.push(write_page(&args.dir, &page, cmd)?);
+                }
             }
         }
     }

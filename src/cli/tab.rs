@@ -101,6 +101,7 @@ pub enum TabCommand {
     Apply(ApplyArgs),
     Check(CheckArgs),
     List(ListArgs),
+    Wait(WaitArgs),
     /// For udev rules: print BCACHETAB_* properties of the device the event
     /// describes (from its own properties, in the environment).
     #[command(hide = true)]
@@ -151,6 +152,24 @@ pub struct ApplyArgs {
     files: Files,
 }
 
+/// Wait for devices with a timeout= option to come up with their cache
+/// set; when the timeout (counted from the device's registration at this
+/// boot) passes first, run the device without its set (it is marked stale,
+/// so the set's old data for it is dropped when the set returns). For
+/// caches that may never return, such as ephemeral disks. Writeback devices
+/// have no timeout: they wait for their set.
+#[derive(clap::Args, Debug)]
+pub struct WaitArgs {
+    /// Every line with a timeout.
+    #[arg(long, conflicts_with = "devices")]
+    all: bool,
+    /// Names, bcache uuids or devices of bcachetab lines.
+    #[arg(value_name = "NAME|UUID|DEVICE")]
+    devices: Vec<String>,
+    #[command(flatten)]
+    files: Files,
+}
+
 /// Check bcachetab: syntax, duplicates, devices present, and what the state
 /// file forbids (a layout switch while a cache holds data). Exit status 1
 /// on any problem.
@@ -187,6 +206,7 @@ pub fn tab(args: &TabArgs) -> anyhow::Result<Outcome> {
         TabCommand::Apply(a) => apply_cmd(a),
         TabCommand::Check(a) => check(a),
         TabCommand::List(a) => list(a),
+        TabCommand::Wait(a) => wait(a),
         TabCommand::Match(a) => udev_match(a),
         TabCommand::Record(a) => {
             apply::record_uevent(&a.files.env(), &env_prop)?;
@@ -229,12 +249,7 @@ pub fn apply_cmd(args: &ApplyArgs) -> anyhow::Result<Outcome> {
         bail!("name devices or lines to bring up, or pass --all");
     } else {
         for d in &args.devices {
-            let found = tab.by_name(d).map(|e| (e, apply::resolve(&e.device))).or_else(|| {
-                let path = std::fs::canonicalize(d).ok()?;
-                let e = tab.entries.iter().find(|e| apply::resolve(&e.device).as_ref() == Some(&path))?;
-                Some((e, Some(path)))
-            });
-            match found {
+            match find_entry(&tab, d).map(|e| (e, apply::resolve(&e.device))) {
                 Some((e, Some(p))) => todo.push((e, p)),
                 Some((e, None)) => {
                     eprintln!("bcache tab apply: {}: {} is missing", at(&tab, e), e.device);
@@ -252,6 +267,63 @@ pub fn apply_cmd(args: &ApplyArgs) -> anyhow::Result<Outcome> {
             Ok(st) => println!("{}: {}: {st}", at(&tab, e), path.display()),
             Err(err) => {
                 eprintln!("bcache tab apply: {}: {}: {err}", at(&tab, e), path.display());
+                failed = true;
+            }
+        }
+    }
+    Ok(if failed { Outcome::Exit(1) } else { Outcome::Ok })
+}
+
+/// The line a command-line argument names: its name, its bcache uuid, or
+/// its device.
+fn find_entry<'t>(tab: &'t Tab, arg: &str) -> Option<&'t Entry> {
+    tab.by_name(arg)
+        .or_else(|| arg.parse::<Uuid>().ok().and_then(|u| tab.by_uuid(&u)))
+        .or_else(|| {
+            let path = std::fs::canonicalize(arg).ok()?;
+            tab.entries.iter().find(|e| apply::resolve(&e.device).as_ref() == Some(&path))
+        })
+}
+
+fn wait(args: &WaitArgs) -> anyhow::Result<Outcome> {
+    let env = args.files.env();
+    let tab = load_tab(&env.tab)?;
+    let mut failed = false;
+    let entries: Vec<&Entry> = if args.all {
+        tab.entries.iter().filter(|e| e.options.timeout.is_some()).collect()
+    } else if args.devices.is_empty() {
+        bail!("name the lines to wait for, or pass --all");
+    } else {
+        let mut found = Vec::new();
+        for d in &args.devices {
+            match find_entry(&tab, d) {
+                Some(e) => found.push(e),
+                None => {
+                    eprintln!("bcache tab wait: {d}: no line of {} names it", tab.path.display());
+                    failed = true;
+                }
+            }
+        }
+        found
+    };
+    // One thread per device: their timeouts run side by side.
+    let results: Vec<_> = std::thread::scope(|s| {
+        let handles: Vec<_> = entries.iter().map(|e| s.spawn(|| apply::wait(&env, e))).collect();
+        handles.into_iter().map(|h| h.join().expect("wait does not panic")).collect()
+    });
+    for (e, r) in entries.iter().zip(results) {
+        match r {
+            Ok(apply::Waited::Up(st)) => println!("{}: {st}", at(&tab, e)),
+            Ok(apply::Waited::RanWithout { after }) => eprintln!(
+                "bcache tab wait: warning: {}: cache set {} did not come within {}s: running without it \
+                 (marked stale: its old data there is dropped when it returns)",
+                at(&tab, e),
+                e.cset.map_or("-".into(), |c| c.to_string()),
+                after.as_secs()
+            ),
+            Ok(apply::Waited::NoTimeout(st)) => println!("{}: {st}", at(&tab, e)),
+            Err(err) => {
+                eprintln!("bcache tab wait: {}: {err}", at(&tab, e));
                 failed = true;
             }
         }
