@@ -104,6 +104,7 @@ pub fn set_up(run_dir: &Path, dev: &Device, p: &HeaderParams) -> Result<PathBuf,
     let name = dm_name(&p.uuid);
     let uuid = dm_uuid(&p.uuid);
     let err = dm_err(&name);
+    need_module("dm_mod", "/dev/mapper/control")?;
     let dm = DM::new().map_err(&err)?;
     let dm_name = DmName::new(&name).map_err(&err)?;
     let dm_uuid = DmUuid::new(&uuid).map_err(&err)?;
@@ -129,11 +130,27 @@ pub fn set_up(run_dir: &Path, dev: &Device, p: &HeaderParams) -> Result<PathBuf,
     Ok(PathBuf::from(format!("/dev/dm-{}", info.device().minor)))
 }
 
+/// Loads a kernel module unless the device node it provides is there
+/// (devtmpfs creates it on load; a minimal boot may not have run
+/// kmod-static-nodes, whose nodes would load the module on open).
+fn need_module(module: &str, node: &str) -> Result<(), HeaderError> {
+    if Path::new(node).exists() {
+        return Ok(());
+    }
+    let status = std::process::Command::new("modprobe").arg(module).status();
+    match status {
+        Ok(s) if s.success() && Path::new(node).exists() => Ok(()),
+        Ok(_) => Err(HeaderError::Io(node.into(), io::Error::other(format!("modprobe {module} failed")))),
+        Err(e) => Err(HeaderError::Io(node.into(), e)),
+    }
+}
+
 /// A loop device over `file` that goes away when its last user (the dm
 /// table) lets go. Concurrent callers may pick the same free device: the
 /// loser retries with the next.
 fn attach_loop(file: &Path) -> Result<loopdev::LoopDevice, HeaderError> {
     let err = |e| HeaderError::Loop(file.to_owned(), e);
+    need_module("loop", "/dev/loop-control")?;
     let control = loopdev::LoopControl::open().map_err(err)?;
     let mut last = None;
     for _ in 0..64 {

@@ -435,6 +435,17 @@ fn udev_match(args: &MatchArgs) -> anyhow::Result<Outcome> {
     if let Some(e) = entry {
         let mut out = std::io::stdout().lock();
         writeln!(out, "BCACHETAB_UUID={}", e.uuid.hyphenated())?;
+        if let Some(links) = &args.links {
+            // The device's links without those naming the file system inside,
+            // which belong to the bcache device (udev before 254 has no
+            // SYMLINK-=): the rule assigns this list back.
+            let fs_links: Vec<String> = [("ID_FS_UUID_ENC", "disk/by-uuid/"), ("ID_FS_LABEL_ENC", "disk/by-label/")]
+                .iter()
+                .filter_map(|(key, dir)| env_prop(key).map(|v| format!("{dir}{v}")))
+                .collect();
+            let kept: Vec<&str> = links.split_whitespace().filter(|l| !fs_links.iter().any(|f| f == l)).collect();
+            writeln!(out, "BCACHETAB_LINKS={}", kept.join(" "))?;
+        }
         if let Some(n) = &e.name {
             writeln!(out, "BCACHETAB_NAME={n}")?;
         }

@@ -1,0 +1,184 @@
+//! bcachetab through the boot integration: a Debian userland guest with
+//! systemd and a real systemd-udevd running the project's installed rules
+//! (udev/61-bcachetab.rules, udev/69-bcache.rules) and unit
+//! (systemd/bcachetab-wait@.service). Every `run` is a boot on the same
+//! disks; /etc/bcachetab and the state file live on the guest's persistent
+//! system disk. Each scenario runs on the stock kernel (dm-linear header
+//! layout) and on the patched module (register_raw).
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use common::vm::{Scratch, Vm, VmOutput};
+use common::pattern;
+
+const MIB: u64 = 1 << 20;
+const EXT4_UUID: &str = "3f0a7c1e-52b4-4d8e-9b61-0c2d4e6f8a01";
+const XFS_UUID: &str = "8c3e5a71-0d2f-4b6a-9e14-7f5b3c2d1a09";
+
+fn repo(rel: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join(rel)
+}
+
+/// A Debian guest with the project's rules and unit installed as the README
+/// says, and the patched module when asked.
+fn guest(system: &Path, patched: bool) -> Vm {
+    let mut vm = Vm::debian(system);
+    vm.host_file(&repo("udev/61-bcachetab.rules"), "/usr/lib/udev/rules.d/61-bcachetab.rules")
+        .host_file(&repo("systemd/bcachetab-wait@.service"), "/usr/lib/systemd/system/bcachetab-wait@.service")
+        .symlink("/usr/sbin/bcachetab-apply", "bcache");
+    if patched {
+        let ko = common::patched_module(&vm);
+        vm.module_override(&ko);
+    }
+    vm
+}
+
+fn file_data(i: u64) -> Vec<u8> {
+    pattern(150_000 + i as usize * 40_009, 0xf11e + i)
+}
+
+/// Test files under /root/expect in the guest.
+fn expect_files(vm: &mut Vm) {
+    for i in 0..4 {
+        vm.file(&format!("/root/expect/file{i}"), file_data(i), false);
+    }
+}
+
+fn ext4_with_files(scratch: &Scratch) -> PathBuf {
+    let dir = scratch.path().join("files");
+    std::fs::create_dir_all(&dir).unwrap();
+    for i in 0..4 {
+        std::fs::write(dir.join(format!("file{i}")), file_data(i)).unwrap();
+    }
+    let img = scratch.image("ext4.img", 64 * MIB);
+    let ok = Command::new("mkfs.ext4").args(["-q", "-F", "-U", EXT4_UUID, "-d"]).arg(&dir).arg(&img).status().unwrap();
+    assert!(ok.success(), "mkfs.ext4 -d (e2fsprogs)");
+    img
+}
+
+/// Compares every expected file with the copy under MOUNTPOINT.
+const SAME_FILES: &str = r#"
+same_files() {
+    for f in /root/expect/*; do check "$2_${f##*/}" cmp "$f" "$1/${f##*/}"; done
+}
+"#;
+
+fn boot_report(n: u32, out: &VmOutput) {
+    eprintln!("boot {n}: {:.1} s in QEMU", out.elapsed.as_secs_f64());
+}
+
+/// An existing ext4 (writethrough) and XFS (writeback) are adopted with one
+/// cache; files are written through the writeback one; the machine loses
+/// power. Booted without the cache (a blank disk in its place), neither
+/// comes up and `bcache tab list` says why; booted with it, udev brings both
+/// up with every file, the raw devices hidden behind their bcache devices.
+fn adopt_power_cut_reboot(patched: bool) {
+    let scratch = Scratch::new();
+    let system = scratch.system_disk("system.img");
+    let ext4 = ext4_with_files(&scratch);
+    let xfs = scratch.image("xfs.img", 320 * MIB);
+    let cache = scratch.image("cache.img", 300 * MIB);
+    let late = pattern(5 << 20, 0x1a7e);
+
+    let mut vm = guest(&system, patched);
+    vm.disk(&ext4).disk(&xfs).disk(&cache).file("/root/late.bin", late.clone(), false);
+    expect_files(&mut vm);
+    let layout = if patched { "raw" } else { "header" };
+    let out = vm.run(&format!(
+        r#"{SAME_FILES}
+        # The XFS file system exists before bcache comes: made and filled here.
+        check mkfs_xfs mkfs.xfs -q -m uuid={XFS_UUID} /dev/vdb
+        mkdir -p /mnt/x /mnt/e
+        mount /dev/vdb /mnt/x && cp /root/expect/* /mnt/x/ && umount /mnt/x
+        check make_cache bcache make -C /dev/vdc
+        wait_until 30 test -e /sys/block/vdc/bcache
+        check adopt_ext4 bcache adopt /dev/vda --cache /dev/vdc --name e
+        check adopt_xfs bcache adopt /dev/vdb --cache /dev/vdc --writeback --name x -o writeback_percent=40
+        udevadm settle
+        wait_for /dev/bcache/e
+        wait_for /dev/bcache/x
+        section list bcache tab list
+        check mount_x mount /dev/bcache/x /mnt/x
+        same_files /mnt/x boot1_x
+        check write_late cp /root/late.bin /mnt/x/late.bin
+        check umount_x umount /mnt/x
+        emit x_state "$(cat /sys/block/$(basename $(readlink -f /dev/bcache/x))/bcache/state)"
+        section tab cat /etc/bcachetab
+        section state cat /var/lib/bcache/state
+        sync /etc/bcachetab /var/lib/bcache/state
+        power_cut
+        "#
+    ));
+    boot_report(1, &out);
+    out.assert_ok();
+    assert_eq!(out.expect_value("x_state"), "dirty", "the late file is dirty in the cache at the power cut");
+    let state = out.section("state");
+    assert!(state.matches(&format!("layout={layout}")).count() == 2, "{state}");
+
+    // Boot 2: the cache disk is gone (blank in its place).
+    let blank = scratch.image("blank.img", 300 * MIB);
+    let mut vm2 = guest(&system, patched);
+    vm2.disk(&ext4).disk(&xfs).disk(&blank);
+    let out2 = vm2.run(
+        r#"
+        udevadm settle
+        section list bcache tab list
+        emit bcache_devices "$(ls /sys/block | grep -c '^bcache' || true)"
+        emit ready_vda "$(udevadm info -q property -n /dev/vda | grep '^SYSTEMD_READY=' || true)"
+        "#,
+    );
+    boot_report(2, &out2);
+    out2.assert_ok();
+    assert_eq!(out2.expect_value("bcache_devices"), "0", "a device ran without its cache set");
+    let list = out2.section("list");
+    assert!(list.lines().filter(|l| l.contains("waiting for cache set")).count() == 2, "{list}");
+    assert!(list.contains("dirty data"), "the writeback device says it may hold dirty data: {list}");
+    assert_eq!(out2.expect_value("ready_vda"), "SYSTEMD_READY=0");
+
+    // Boot 3: the cache is back: udev brings everything up.
+    let mut vm3 = guest(&system, patched);
+    vm3.disk(&ext4).disk(&xfs).disk(&cache).file("/root/late.bin", late, false);
+    expect_files(&mut vm3);
+    let out3 = vm3.run(&format!(
+        r#"{SAME_FILES}
+        udevadm settle
+        wait_for /dev/bcache/e
+        wait_for /dev/bcache/x
+        section list bcache tab list
+        mkdir -p /mnt/x /mnt/e
+        check mount_e mount -o ro /dev/bcache/e /mnt/e
+        same_files /mnt/e e
+        check mount_x mount -o ro /dev/bcache/x /mnt/x
+        same_files /mnt/x x
+        check late_file cmp /root/late.bin /mnt/x/late.bin
+        umount /mnt/e /mnt/x
+        check_eq ext4_by_uuid "$(readlink -f /dev/bcache/e)" "$(readlink -f /dev/disk/by-uuid/{EXT4_UUID})"
+        check_eq xfs_by_uuid "$(readlink -f /dev/bcache/x)" "$(readlink -f /dev/disk/by-uuid/{XFS_UUID})"
+        emit vda_links "$(udevadm info -q symlink -n /dev/vda)"
+        emit vdb_links "$(udevadm info -q symlink -n /dev/vdb)"
+        emit cutoff "$(cat /sys/block/$(basename $(readlink -f /dev/bcache/x))/bcache/writeback_percent)"
+        emit registered "$(dmesg | grep -c 'registered backing device' || true)"
+        "#
+    ));
+    boot_report(3, &out3);
+    out3.assert_ok();
+    for dev in ["vda_links", "vdb_links"] {
+        let links = out3.expect_value(dev);
+        assert!(!links.contains("by-uuid") && !links.contains("by-label"), "{dev}: {links}");
+    }
+    assert_eq!(out3.expect_value("cutoff"), "40", "tunables from bcachetab are applied at boot");
+    assert_eq!(out3.expect_value("registered"), "2", "each device registered once");
+}
+
+#[test]
+fn stock_kernel_adopted_devices_come_back_through_udev() {
+    adopt_power_cut_reboot(false);
+}
+
+#[test]
+fn patched_module_adopted_devices_come_back_through_udev() {
+    adopt_power_cut_reboot(true);
+}
