@@ -296,6 +296,59 @@ impl Tab {
     }
 }
 
+/// Why bcachetab could not be changed.
+#[derive(Debug, thiserror::Error)]
+pub enum EditError {
+    #[error("{}: {}", .0.display(), crate::os_error_text(.1))]
+    Io(PathBuf, std::io::Error),
+    #[error(transparent)]
+    Lock(#[from] crate::state::StateError),
+    #[error("{}: {}", .0.display(), .1)]
+    Refused(PathBuf, String),
+}
+
+/// Changes bcachetab under its lock (adopt, attach and detach of several
+/// devices may run at once) and replaces it atomically: `edit` gets the
+/// parsed table and its lines, and changes the lines. A missing file starts
+/// with a header comment.
+pub fn edit<R>(path: &Path, edit: impl FnOnce(&Tab, &mut Vec<String>) -> Result<R, String>) -> Result<R, EditError> {
+    let _lock = crate::state::Lock::take(path)?;
+    let text = match std::fs::read_to_string(path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => "# bcachetab(5): name device uuid cset options\n".to_owned(),
+        Err(e) => return Err(EditError::Io(path.to_owned(), e)),
+    };
+    let tab = Tab::parse(&text, path);
+    let mut lines: Vec<String> = text.lines().map(str::to_owned).collect();
+    let result = edit(&tab, &mut lines).map_err(|m| EditError::Refused(path.to_owned(), m))?;
+    let mut out = lines.join("\n");
+    out.push('\n');
+    crate::state::write_atomically(path, out.as_bytes()).map_err(|e| EditError::Io(path.to_owned(), e))?;
+    Ok(result)
+}
+
+/// Appends a line for `entry`; returns its line number.
+pub fn append(path: &Path, entry: &Entry) -> Result<usize, EditError> {
+    edit(path, |tab, lines| {
+        if tab.by_uuid(&entry.uuid).is_some() || entry.name.as_ref().is_some_and(|n| tab.by_name(n).is_some()) {
+            return Err("a line with this uuid or name was added meanwhile".into());
+        }
+        lines.push(entry.to_string());
+        Ok(lines.len())
+    })
+}
+
+/// Sets the cache set of the line for `uuid` (after attach or detach);
+/// false when no line has that uuid.
+pub fn set_cset(path: &Path, uuid: &Uuid, cset: Option<Uuid>) -> Result<bool, EditError> {
+    edit(path, |tab, lines| {
+        let Some(e) = tab.by_uuid(uuid) else { return Ok(false) };
+        let changed = Entry { cset, ..e.clone() };
+        lines[e.line - 1] = changed.to_string();
+        Ok(true)
+    })
+}
+
 type FieldError = (&'static str, String);
 
 /// The problem of a value already used on an earlier line.

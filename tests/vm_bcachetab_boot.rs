@@ -182,3 +182,106 @@ fn stock_kernel_adopted_devices_come_back_through_udev() {
 fn patched_module_adopted_devices_come_back_through_udev() {
     adopt_power_cut_reboot(true);
 }
+
+/// Writethrough with an ephemeral cache: at boot a blank disk is where the
+/// cache was. The device waits for its set until its timeout= passes, then
+/// runs without it (bcachetab-wait@.service, started by the udev rule), data
+/// intact; a new cache is made and attached, bcachetab follows, and the
+/// next boot comes up with the new cache.
+fn ephemeral_cache_timeout(patched: bool) {
+    let scratch = Scratch::new();
+    let system = scratch.system_disk("system.img");
+    let ext4 = ext4_with_files(&scratch);
+    let cache = scratch.image("cache.img", 300 * MIB);
+    let note = pattern(700_000, 0x0e0e);
+
+    let mut vm = guest(&system, patched);
+    vm.disk(&ext4).disk(&cache).file("/root/note.bin", note.clone(), false);
+    expect_files(&mut vm);
+    let out = vm.run(
+        r#"
+        check make_cache bcache make -C /dev/vdb
+        wait_until 30 test -e /sys/block/vdb/bcache
+        check adopt bcache adopt /dev/vda --cache /dev/vdb --name eph -o timeout=5
+        wait_for /dev/bcache/eph
+        mkdir -p /mnt/e
+        check mount mount /dev/bcache/eph /mnt/e
+        check write_note cp /root/note.bin /mnt/e/note.bin
+        check umount umount /mnt/e
+        section state cat /var/lib/bcache/state
+        "#,
+    );
+    boot_report(1, &out);
+    out.assert_ok();
+    assert!(out.section("state").contains("attached="), "{}", out.section("state"));
+
+    // Boot 2: the cache disk came back blank (an ephemeral disk).
+    let blank = scratch.image("blank.img", 300 * MIB);
+    let mut vm2 = guest(&system, patched);
+    vm2.disk(&ext4).disk(&blank).file("/root/note.bin", note.clone(), false);
+    expect_files(&mut vm2);
+    let out2 = vm2.run(&format!(
+        r#"{SAME_FILES}
+        udevadm settle
+        emit waiting_at_first "$(bcache tab list | grep -c 'waiting for cache set' || true)"
+        wait_until 60 test -e /dev/bcache/eph || {{
+            udevadm info -q property -n /dev/vda >&2
+            systemctl list-units --all 'bcachetab*' >&2
+            journalctl -b --no-pager -o cat | grep -iE 'bcache|udev' | tail -40 >&2
+            fail "the device did not come up after its timeout"
+        }}
+        emit wait_unit "$(systemctl show -p Result --value 'bcachetab-wait@*' 2>/dev/null | head -1)"
+        section journal journalctl -b -u 'bcachetab-wait@*' --no-pager -o cat
+        mkdir -p /mnt/e
+        check mount mount -o ro /dev/bcache/eph /mnt/e
+        same_files /mnt/e e
+        check note cmp /root/note.bin /mnt/e/note.bin
+        umount /mnt/e
+        section stale_state cat /var/lib/bcache/state
+        # A new cache on the new disk, attached to the adopted device.
+        check make_new_cache bcache make -C /dev/vdb
+        wait_until 30 test -e /sys/block/vdb/bcache/set
+        NEW=$(basename "$(readlink -f /sys/block/vdb/bcache/set)")
+        check attach bcache attach "$NEW" /dev/bcache/eph
+        B=$(basename "$(readlink -f /dev/bcache/eph)")
+        wait_until 30 test -e /sys/block/$B/bcache/cache
+        emit new_set "$NEW"
+        section tab cat /etc/bcachetab
+        section state cat /var/lib/bcache/state
+        "#
+    ));
+    boot_report(2, &out2);
+    out2.assert_ok();
+    assert_eq!(out2.expect_value("waiting_at_first"), "1", "it waits for its set first");
+    assert!(out2.section("journal").contains("running without it"), "{}", out2.section("journal"));
+    assert!(out2.section("stale_state").contains("stale=1"), "{}", out2.section("stale_state"));
+    let new_set = out2.expect_value("new_set").to_owned();
+    assert!(out2.section("tab").contains(&new_set), "bcachetab follows the attach: {}", out2.section("tab"));
+    let state = out2.section("state");
+    assert!(state.contains(&format!("attached={new_set}")) && !state.contains("stale=1"), "{state}");
+
+    // Boot 3: with the new cache, the device comes up attached to it.
+    let mut vm3 = guest(&system, patched);
+    vm3.disk(&ext4).disk(&blank);
+    let out3 = vm3.run(&format!(
+        r#"
+        udevadm settle
+        wait_for /dev/bcache/eph
+        B=$(basename "$(readlink -f /dev/bcache/eph)")
+        wait_until 30 test -e /sys/block/$B/bcache/cache
+        check_eq attached_to_new {new_set} "$(basename "$(readlink -f /sys/block/$B/bcache/cache)")"
+        "#
+    ));
+    boot_report(3, &out3);
+    out3.assert_ok();
+}
+
+#[test]
+fn stock_kernel_ephemeral_cache_times_out_and_a_new_one_attaches() {
+    ephemeral_cache_timeout(false);
+}
+
+#[test]
+fn patched_module_ephemeral_cache_times_out_and_a_new_one_attaches() {
+    ephemeral_cache_timeout(true);
+}

@@ -243,7 +243,23 @@ pub fn attach(args: &AttachArgs) -> anyhow::Result<Outcome> {
     sysfs.write(&name, &dir.join("attach"), &set.hyphenated().to_string()).map_err(|e| {
         anyhow::anyhow!("{e} (the kernel log, dmesg, says why: e.g. block size below the set's, or dirty data of another set)")
     })?;
+    follow_in_bcachetab(&sysfs, &dir, Some(set))?;
     Ok(Outcome::Ok)
+}
+
+/// A bcachetab device attached or detached by hand: its line names the
+/// new set (or none), so the next boot does the same; the state file learns
+/// of the attach now (of a detach when the kernel has written back).
+fn follow_in_bcachetab(sysfs: &Sysfs, dir: &Path, set: Option<Uuid>) -> anyhow::Result<()> {
+    let Some(uuid) = sysfs.read(&dir.join("backing_dev_uuid")).ok().and_then(|u| u.parse::<Uuid>().ok()) else {
+        return Ok(());
+    };
+    let env = bcache::apply::Env::default();
+    if bcache::bcachetab::set_cset(&env.tab, &uuid, set)? {
+        bcache::apply::record_attachment(&env, &uuid, dir)?;
+        eprintln!("bcache: {}: cache set of {uuid} now {}", env.tab.display(), set.map_or("none".into(), |s| s.to_string()));
+    }
+    Ok(())
 }
 
 pub fn detach(args: &DevArgs) -> anyhow::Result<Outcome> {
@@ -256,6 +272,7 @@ pub fn detach(args: &DevArgs) -> anyhow::Result<Outcome> {
     // The kernel writes back dirty data before it lets go; the attribute
     // returns at once.
     sysfs.write(&name, &dir.join("detach"), "1")?;
+    follow_in_bcachetab(&sysfs, &dir, None)?;
     Ok(Outcome::Ok)
 }
 

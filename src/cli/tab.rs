@@ -503,7 +503,9 @@ pub fn adopt(args: &AdoptArgs) -> anyhow::Result<Outcome> {
     let options: Options = if opts.is_empty() {
         Options::default()
     } else {
-        let probe = format!("- /dev/x {} - {}", Uuid::from_u128(1), opts.join(","));
+        // The combination rules (timeout= needs a set) see whether one comes.
+        let set = if args.cache.is_some() || args.cset.is_some() { Uuid::from_u128(2).to_string() } else { "-".into() };
+        let probe = format!("- /dev/x {} {set} {}", Uuid::from_u128(1), opts.join(","));
         let t = Tab::parse(&probe, Path::new("--option"));
         match (t.entries.first(), t.errors.first()) {
             (Some(e), _) => e.options.clone(),
@@ -568,7 +570,7 @@ pub fn adopt(args: &AdoptArgs) -> anyhow::Result<Outcome> {
     // A record proves the device new to every cache set (never attached):
     // it attaches afresh instead of waiting for a slot that does not exist.
     state::update(&env.state, uuid, |_| {})?;
-    let line = append_line(&env.tab, &entry)?;
+    let line = bcachetab::append(&env.tab, &entry)?;
     let entry = Entry { line, ..entry };
     println!("{}:{line}: {entry}", env.tab.display());
     if args.no_start {
@@ -580,25 +582,3 @@ pub fn adopt(args: &AdoptArgs) -> anyhow::Result<Outcome> {
     Ok(Outcome::Ok)
 }
 
-/// Appends a line to bcachetab atomically (under the state lock, so two
-/// adopts do not lose each other's line); returns its line number.
-fn append_line(path: &Path, entry: &Entry) -> anyhow::Result<usize> {
-    let _lock = state::Lock::take(path)?;
-    let mut text = match std::fs::read_to_string(path) {
-        Ok(t) => t,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            "# bcachetab(5): name device uuid cset options\n".to_owned()
-        }
-        Err(e) => return Err(e).with_context(|| path.display().to_string()),
-    };
-    let current = Tab::parse(&text, path);
-    if current.by_uuid(&entry.uuid).is_some() || entry.name.as_ref().is_some_and(|n| current.by_name(n).is_some()) {
-        bail!("{}: a line with this uuid or name was added meanwhile", path.display());
-    }
-    if !text.is_empty() && !text.ends_with('\n') {
-        text.push('\n');
-    }
-    text.push_str(&format!("{entry}\n"));
-    state::write_atomically(path, text.as_bytes()).with_context(|| path.display().to_string())?;
-    Ok(text.lines().count())
-}
