@@ -415,6 +415,8 @@ pub struct Vm {
     module_overrides: Vec<(String, PathBuf)>,
     symlinks: Vec<(String, String)>,
     boot_units: Vec<String>,
+    /// An initramfs made elsewhere (e.g. by mkinitramfs in a guest), booted as is.
+    initrd: Option<PathBuf>,
 }
 
 impl Default for Vm {
@@ -451,7 +453,30 @@ impl Vm {
             module_overrides: Vec::new(),
             symlinks: Vec::new(),
             boot_units: Vec::new(),
+            initrd: None,
         }
+    }
+
+    /// Boot this initramfs (e.g. one mkinitramfs or dracut made in a guest) instead of
+    /// one built by the harness; its /init is the guest's, `kernel_arg` gives it
+    /// `root=` and the like (`rdinit=/init`, `console=ttyS0`, `quiet` and `panic=-1`
+    /// are there as always: a panic, or initramfs-tools giving up with panic=, ends
+    /// QEMU). Nothing of the harness is in the guest: run it with [`Vm::boot`]; the
+    /// ports out, err and meta are there for what the guest's own init writes
+    /// (`@@STATUS N` on meta, or on the console, ends a run as usual).
+    pub fn boot_initrd(&mut self, initrd: &Path) -> &mut Self {
+        assert!(initrd.is_file(), "initramfs {} does not exist", initrd.display());
+        assert!(!self.is_debian(), "boot_initrd: not with a Debian userland guest");
+        self.initrd = Some(initrd.to_path_buf());
+        self
+    }
+
+    /// Boot the initramfs given with [`Vm::boot_initrd`] and return whatever happened
+    /// (status None if the guest never reported one). Panics only if QEMU cannot start
+    /// or the boot times out.
+    pub fn boot(&self) -> VmOutput {
+        assert!(self.initrd.is_some(), "boot: no initramfs given (Vm::boot_initrd)");
+        self.run_unchecked("")
     }
 
     /// A guest with a Debian userland: `Vm::new().userland_debian(system_disk)`.
@@ -668,9 +693,12 @@ impl Vm {
     pub fn run_unchecked(&self, script: &str) -> VmOutput {
         let run = tempfile::Builder::new().prefix("bcache-vm-run-").tempdir().expect("create run dir");
         let dir = run.path().to_path_buf();
-        let initrd = dir.join("initramfs.cpio");
+        let mut initrd = dir.join("initramfs.cpio");
         let t0 = Instant::now();
-        let module_tree = if self.is_debian() {
+        let module_tree = if let Some(given) = &self.initrd {
+            initrd = given.clone();
+            None
+        } else if self.is_debian() {
             self.build_debian_initramfs(script, &initrd);
             Some(self.debian_module_tree())
         } else {
