@@ -22,14 +22,13 @@ mod cli;
 /// tests of `cli`), std's usual entry point.
 #[cfg(test)]
 fn main() -> std::process::ExitCode {
-    cli::main()
+    std::process::ExitCode::from(cli::main())
 }
 
 #[cfg(not(test))]
 mod entry {
     use std::ffi::{c_char, c_int};
     use std::io::Write;
-    use std::process::ExitCode;
 
     use nix::libc;
 
@@ -39,7 +38,7 @@ mod entry {
         let code = super::cli::main();
         // What std's runtime does at exit: a line not yet ended would be lost.
         let _ = std::io::stdout().flush();
-        status(code)
+        c_int::from(code)
     }
 
     /// Opens /dev/null as whichever of stdin, stdout and stderr is closed,
@@ -64,12 +63,5 @@ mod entry {
                 std::process::abort();
             }
         }
-    }
-
-    /// The exit status an `ExitCode` stands for. std has no stable
-    /// conversion (`ExitCode::exit_process` is unstable); on Unix every
-    /// `ExitCode` is made from a `u8`, which this finds.
-    fn status(code: ExitCode) -> c_int {
-        (0..=u8::MAX).find(|&n| ExitCode::from(n) == code).map_or(1, c_int::from)
     }
 }

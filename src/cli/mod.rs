@@ -10,7 +10,6 @@ mod tab;
 
 use std::ffi::OsString;
 use std::path::Path;
-use std::process::ExitCode;
 
 use clap::{ArgMatches, CommandFactory, FromArgMatches, Parser, Subcommand};
 
@@ -84,7 +83,8 @@ pub enum Outcome {
     Exit(u8),
 }
 
-pub fn main() -> ExitCode {
+/// Runs the command line; returns the exit status.
+pub fn main() -> u8 {
     let mut args: Vec<OsString> = std::env::args_os().collect();
     // A binary run under a name that is none of ours (a copy, a test
     // harness) behaves as `bcache`.
@@ -107,11 +107,11 @@ pub fn main() -> ExitCode {
         Err(e) => return usage_error(&prog, e),
     };
     match run(applet, leaf(&matches)) {
-        Ok(Outcome::Ok) => ExitCode::SUCCESS,
-        Ok(Outcome::Exit(code)) => ExitCode::from(code),
+        Ok(Outcome::Ok) => 0,
+        Ok(Outcome::Exit(code)) => code,
         Err(e) => {
             eprintln!("{prog}: {e:#}");
-            ExitCode::FAILURE
+            1
         }
     }
 }
@@ -184,7 +184,7 @@ fn program_name(name: &str, args: &[OsString]) -> String {
 /// Help and version go out as clap renders them; a usage error becomes one
 /// line, like every other error, so scripts and logs get one line per
 /// failure.
-fn usage_error(prog: &str, e: clap::Error) -> ExitCode {
+fn usage_error(prog: &str, e: clap::Error) -> u8 {
     use clap::error::ErrorKind::*;
     if matches!(e.kind(), DisplayHelp | DisplayVersion | DisplayHelpOnMissingArgumentOrSubcommand) {
         e.exit();
@@ -193,7 +193,7 @@ fn usage_error(prog: &str, e: clap::Error) -> ExitCode {
     let first = text.lines().next().unwrap_or("invalid arguments");
     let msg = first.strip_prefix("error: ").unwrap_or(first);
     eprintln!("{prog}: {msg} (see --help)");
-    ExitCode::from(2)
+    2
 }
 
 /// The matches of the innermost command, for arguments whose order
