@@ -108,26 +108,56 @@ pub fn set_up(run_dir: &Path, dev: &Device, p: &HeaderParams) -> Result<PathBuf,
     let dm = DM::new().map_err(&err)?;
     let dm_name = DmName::new(&name).map_err(&err)?;
     let dm_uuid = DmUuid::new(&uuid).map_err(&err)?;
-    // Private: other udev rules must not probe or link the joined device;
-    // the bcache device it becomes gets the links.
-    dm.device_create(dm_name, Some(dm_uuid), DmOptions::private()).map_err(&err)?;
+    // No udev cookie is passed anywhere: this runs in udev workers (at
+    // boot, for many devices at once), where waiting for udev to process
+    // the new device's events would block the very workers that must
+    // process them. The rules skip the joined device (DM_UUID BCACHETAB-*):
+    // this tool registers it.
+    dm.device_create(dm_name, Some(dm_uuid), DmOptions::default()).map_err(&err)?;
     let id = DevId::Name(dm_name);
     let table = vec![
         (0, HEADER_SECTORS, "linear".to_owned(), format!("{lmaj}:{lmin} 0")),
         (HEADER_SECTORS, dev.sectors(), "linear".to_owned(), format!("{maj}:{min} 0")),
     ];
     let loaded = dm
-        .table_load(&id, &table, DmOptions::private())
-        .and_then(|_| dm.device_suspend(&id, DmOptions::private()));
+        .table_load(&id, &table, DmOptions::default())
+        .map_err(&err)
+        .and_then(|_| resume(&dm, &name));
     let info = match loaded {
         Ok(info) => info,
         Err(e) => {
-            let _ = dm.device_remove(&id, DmOptions::private());
-            return Err(err(e));
+            let _ = dm.device_remove(&id, DmOptions::default());
+            return Err(e);
         }
     };
     drop(loop_dev);
-    Ok(PathBuf::from(format!("/dev/dm-{}", info.device().minor)))
+    Ok(PathBuf::from(format!("/dev/dm-{}", nix::sys::stat::minor(info))))
+}
+
+nix::ioctl_readwrite!(dm_dev_suspend, 0xfd, devicemapper_sys::DM_DEV_SUSPEND_CMD, devicemapper_sys::dm_ioctl);
+
+/// Activates the loaded table (DM_DEV_SUSPEND without the suspend flag)
+/// without a udev cookie, which the devicemapper crate always passes and
+/// then waits on when udev runs; returns the device number.
+fn resume(dm: &DM, name: &str) -> Result<u64, HeaderError> {
+    let fail = |msg: String| HeaderError::Dm { name: name.to_owned(), msg };
+    let mut hdr = devicemapper_sys::dm_ioctl {
+        version: [4, 0, 0],
+        data_size: std::mem::size_of::<devicemapper_sys::dm_ioctl>() as u32,
+        data_start: std::mem::size_of::<devicemapper_sys::dm_ioctl>() as u32,
+        ..Default::default()
+    };
+    if name.len() >= hdr.name.len() {
+        return Err(fail("name too long".into()));
+    }
+    for (d, b) in hdr.name.iter_mut().zip(name.bytes()) {
+        *d = b as _;
+    }
+    use std::os::fd::AsRawFd;
+    // SAFETY: a dm_ioctl header sized as data_size says, on the control
+    // device's open descriptor.
+    unsafe { dm_dev_suspend(dm.file().as_raw_fd(), &mut hdr) }.map_err(|e| fail(format!("resume: {}", e.desc())))?;
+    Ok(hdr.dev)
 }
 
 /// Loads a kernel module unless the device node it provides is there

@@ -273,6 +273,7 @@ fn bad_bcachetab_lines_are_reported_and_the_rest_applied() {
         section stdout cat /tmp/out
         emit check_status "$(bcache tab check >/dev/null 2>&1; echo $?)"
         emit up "$(ls /sys/block | grep -c '^bcache')"
+        section list bcache tab list
         "#
     ));
     out.assert_ok();
@@ -294,6 +295,11 @@ fn bad_bcachetab_lines_are_reported_and_the_rest_applied() {
         );
     }
     assert_eq!(err.lines().count(), 5, "one line per problem:\n{err}");
+    let list = out.section("list");
+    assert!(
+        list.lines().any(|l| l.contains("switch") && l.contains("down: its layout is recorded as raw")),
+        "tab list says why the device is down:\n{list}"
+    );
     let stdout = out.section("stdout");
     assert!(stdout.contains("/etc/bcachetab:2: /dev/vda: up") && stdout.contains("/etc/bcachetab:8: /dev/vde: up"), "{stdout}");
     for (d, b) in disks.iter().zip(&before) {

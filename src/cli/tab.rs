@@ -368,6 +368,9 @@ struct Row<'a> {
     layout: Option<&'static str>,
     #[serde(flatten)]
     status: Status,
+    /// Why bcachetab's rules keep a device down, if they do.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    refused: Option<String>,
 }
 
 fn list(args: &ListArgs) -> anyhow::Result<Outcome> {
@@ -378,7 +381,7 @@ fn list(args: &ListArgs) -> anyhow::Result<Outcome> {
     // without write access to the state file still gets the list.
     let _ = apply::sync_headers(&env, &tab);
     let st = State::load(&env.state).unwrap_or_default();
-    let rows: Vec<Row> = tab
+    let mut rows: Vec<Row> = tab
         .entries
         .iter()
         .map(|e| Row {
@@ -390,8 +393,16 @@ fn list(args: &ListArgs) -> anyhow::Result<Outcome> {
             mode: e.options.mode.name(),
             layout: st.get(&e.uuid).and_then(|r| r.layout).map(|l| l.name()),
             status: apply::status(&env, e),
+            refused: None,
         })
         .collect();
+    // A device down because the rules refuse it: say why.
+    let has_raw = Sysfs::default().bcache_dir().is_ok_and(|d| d.join("register_raw").exists());
+    for (r, e) in rows.iter_mut().zip(&tab.entries) {
+        if matches!(r.status, Status::Down { .. }) {
+            r.refused = apply::registration(e, st.get(&e.uuid), st.is_copy, has_raw).err().map(|e| e.to_string());
+        }
+    }
     let mut out = std::io::stdout().lock();
     if args.json {
         serde_json::to_writer_pretty(&mut out, &rows)?;
@@ -409,7 +420,10 @@ fn list(args: &ListArgs) -> anyhow::Result<Outcome> {
             r.cset.map_or("-".into(), |c| c.to_string()),
             r.mode.to_owned(),
             r.layout.unwrap_or("-").to_owned(),
-            r.status.to_string(),
+            match &r.refused {
+                Some(why) => format!("{}: {why}", r.status),
+                None => r.status.to_string(),
+            },
         ]);
     }
     writeln!(out, "{table}")?;
