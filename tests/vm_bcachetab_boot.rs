@@ -314,7 +314,8 @@ fn many_devices_five_boots(patched: bool) {
         for d in &disks {
             vm.disk(d);
         }
-        vm.disk(&cache).memory_mib(1024);
+        // 24 registrations per boot are minutes of TCG on a busy machine.
+        vm.disk(&cache).memory_mib(1024).timeout(std::time::Duration::from_secs(900));
         vm
     };
     // The guest's device names: vda..vdx, then the cache.
