@@ -74,6 +74,11 @@ for b in /sys/block/*; do
         emit root_state "$(cat "$b/bcache/state")"
         emit root_mode "$(cat "$b/bcache/cache_mode")"
         [ -e "$b/bcache/cache" ] && emit root_cache "$(basename "$(readlink -f "$b/bcache/cache")")"
+        if [ -e "$b/bcache/cache/cache0" ]; then
+            c=$(readlink -f "$b/bcache/cache/cache0")
+            c=${c%/bcache}
+            emit root_cache_dev "${c##*/}"
+        fi
     fi
 done
 emit by_name "$(readlink -f /dev/bcache/root)"
@@ -142,8 +147,9 @@ fn boot_report(what: &str, out: &VmOutput) {
 }
 
 /// Boot 1: adopt, write into the root, build the initramfs with the
-/// project's hook; returns the initramfs image (on the host).
-fn build_initramfs(scratch: &Scratch, root: &Path, cache: &Path, patched: bool) -> PathBuf {
+/// project's hook; returns the initramfs image (on the host) and the cache
+/// set's uuid.
+fn build_initramfs(scratch: &Scratch, root: &Path, cache: &Path, patched: bool) -> (PathBuf, String) {
     let system = scratch.system_disk("system.img");
     let carrier = scratch.image("carrier.img", CARRIER_SIZE);
     let mut vm = Vm::debian(&system);
@@ -155,6 +161,7 @@ fn build_initramfs(scratch: &Scratch, root: &Path, cache: &Path, patched: bool) 
         .host_file(&repo("udev/61-bcachetab.rules"), "/usr/lib/udev/rules.d/61-bcachetab.rules")
         .host_file(&repo("initramfs/initramfs-tools-hook"), "/usr/share/initramfs-tools/hooks/bcache")
         .host_file(&repo("initramfs/initramfs-tools-local-block"), "/usr/share/initramfs-tools/scripts/local-block/bcache")
+        .host_file(&repo("initramfs/initramfs-tools-local-premount"), "/usr/share/initramfs-tools/scripts/local-premount/bcache")
         .symlink("/usr/sbin/bcachetab-apply", "bcache")
         // the machine's own initramfs-tools configuration: its disk and root
         // file system drivers (MODULES=most would take minutes under TCG)
@@ -201,6 +208,9 @@ fn build_initramfs(scratch: &Scratch, root: &Path, cache: &Path, patched: bool) 
         unmkinitramfs /tmp/initrd.img /tmp/x
         S=$(find /tmp/x -path '*/var/lib/bcache/state' | head -1)
         section state_copy cat "$S"
+        # mkinitramfs runs only the executable scripts, those in ORDER
+        section block_order cat "$(find /tmp/x -path '*/scripts/local-block/ORDER' | head -1)"
+        section premount_order cat "$(find /tmp/x -path '*/scripts/local-premount/ORDER' | head -1)"
         SIZE=$(stat -c %s /tmp/initrd.img)
         test "$SIZE" -le {CARRIER_SIZE} || fail "initramfs of $SIZE bytes does not fit the carrier disk"
         check carry dd if=/tmp/initrd.img of=/dev/vdc bs=1M conv=fsync status=none
@@ -230,6 +240,7 @@ fn build_initramfs(scratch: &Scratch, root: &Path, cache: &Path, patched: bool) 
         "etc/bcachetab",
         "var/lib/bcache/state",
         "scripts/local-block/bcache",
+        "scripts/local-premount/bcache",
         "/md/dm-mod.ko",
         "/block/loop.ko",
         if patched { "/updates/bcache.ko" } else { "/md/bcache/bcache.ko" },
@@ -239,17 +250,21 @@ fn build_initramfs(scratch: &Scratch, root: &Path, cache: &Path, patched: bool) 
     if patched {
         assert!(!has("/md/bcache/bcache.ko"), "the stock bcache.ko is in the initramfs beside the patched one:\n{contents}");
     }
+    for (order, script) in [("block_order", "/scripts/local-block/bcache"), ("premount_order", "/scripts/local-premount/bcache")] {
+        assert!(out.section(order).contains(script), "{script} is not run by the initramfs (not executable?):\n{}", out.section(order));
+    }
     let copy = out.section("state_copy");
     let mut lines = copy.lines();
     assert_eq!(lines.next(), Some(bcache::state::COPY_HEADER), "{copy}");
-    let uuid = out.section("tab").lines().find(|l| l.split_whitespace().next() == Some("root")).and_then(|l| l.split_whitespace().nth(2)).map(str::to_owned);
-    let uuid = uuid.unwrap_or_else(|| panic!("no root line in bcachetab: {}", out.section("tab")));
+    let line: Vec<String> = out.section("tab").lines().find(|l| l.split_whitespace().next() == Some("root")).map(|l| l.split_whitespace().map(str::to_owned).collect()).unwrap_or_default();
+    assert!(line.len() >= 4, "no root line with a cache set in bcachetab: {}", out.section("tab"));
+    let (uuid, cset) = (line[2].clone(), line[3].clone());
     assert!(lines.any(|l| l.starts_with(&uuid) && l.contains(&format!("layout={layout}"))), "{copy}");
 
     let size: usize = out.expect_value("initrd_size").parse().unwrap();
     let img = scratch.path().join("initrd.img");
     std::fs::write(&img, vm::read_at(&carrier, 0, size)).unwrap();
-    img
+    (img, cset)
 }
 
 /// Boots the initramfs with the root's disk and `cache` as its disks.
@@ -258,9 +273,9 @@ fn boot_root(initrd: &Path, root: &Path, cache: &Path, root_arg: &str) -> VmOutp
     vm.disk(root)
         .disk(cache)
         .boot_initrd(initrd)
-        .kernel_arg(root_arg)
-        // the root waits at most max(30 s, rootdelay) for its device
-        .kernel_arg("rootdelay=30");
+        // no rootdelay=: initramfs-tools' init sleeps that long before
+        // looking for the root; it waits at most 30 s for its device anyway
+        .kernel_arg(root_arg);
     vm.boot()
 }
 
@@ -268,11 +283,64 @@ fn root_on_adopted_device(patched: bool) {
     let scratch = Scratch::new();
     let root = root_image(&scratch);
     let cache = scratch.image("cache.img", 300 * MIB);
-    let initrd = build_initramfs(&scratch, &root, &cache, patched);
+    let (initrd, cset) = build_initramfs(&scratch, &root, &cache, patched);
 
-    // Boot 2: through the initramfs, with the cache.
+    // Boot 2: through the initramfs, with the cache, root=UUID= (the raw disk
+    // holds the same uuid: the root must still be the bcache device).
     let out = boot_root(&initrd, &root, &cache, &format!("root=UUID={ROOT_UUID}"));
-    boot_report("boot 2 (root through the initramfs)", &out);
+    boot_report("boot 2 (root=UUID=, with the cache)", &out);
+    assert_root_is_bcache(&out, patched, &cset);
+    eprintln!(
+        "boot 2: root=UUID= resolved to {}",
+        if out.console.contains("is the raw device of this bcachetab line") { "the raw disk (the local-premount script took the bcache device)" } else { "the bcache device" }
+    );
+
+    // Boot 3: root=/dev/vda, the raw disk itself, with the cache: the
+    // local-premount script mounts the line's bcache device instead.
+    let out = boot_root(&initrd, &root, &cache, "root=/dev/vda");
+    boot_report("boot 3 (root=/dev/vda, with the cache)", &out);
+    assert_root_is_bcache(&out, patched, &cset);
+    assert!(
+        out.console.contains("is the raw device of this bcachetab line") && out.console.contains("bcache: the root is /dev/bcache/root"),
+        "the local-premount script did not say it took /dev/bcache/root:\n{}",
+        vm_tail(&out.console)
+    );
+
+    // Boot 4: a blank disk where the cache was, root=/dev/bcache/root: the root
+    // must not come up; initramfs-tools waits for it and gives up.
+    let blank = scratch.image("blank.img", 300 * MIB);
+    let out = boot_root(&initrd, &root, &blank, "root=/dev/bcache/root");
+    boot_report("boot 4 (root=/dev/bcache/root, cache missing)", &out);
+    if out.status.is_some() {
+        out.fail("the root came up without its writeback cache");
+    }
+    let console = &out.console;
+    assert!(console.contains("bcache: waiting for the root device"), "the local-block script says why:\n{}", vm_tail(console));
+    assert!(console.contains("waiting for cache set") && console.contains("dirty data"), "{}", vm_tail(console));
+    assert!(console.contains("Gave up waiting for root file system device"), "{}", vm_tail(console));
+
+    // Boot 5: the same with root=UUID=: blkid finds the uuid on the raw disk at
+    // once (the bcache device does not exist). The local-premount script must
+    // refuse to mount it: the cache (blank here) may hold dirty data for it.
+    let out = boot_root(&initrd, &root, &blank, &format!("root=UUID={ROOT_UUID}"));
+    boot_report("boot 5 (root=UUID=, cache missing)", &out);
+    if out.status.is_some() {
+        out.fail(&format!("the root came up without its writeback cache: / was {}", out.value("root_block").unwrap_or_default()));
+    }
+    let console = &out.console;
+    assert!(
+        console.contains("bcache: refusing to mount /dev/vda, the raw device of bcachetab line 'root ")
+            && console.contains("Boot with root=/dev/bcache/root."),
+        "the local-premount script refuses the raw disk and says why:\n{}",
+        vm_tail(console)
+    );
+    assert!(console.contains("waiting for cache set") && console.contains("dirty data"), "{}", vm_tail(console));
+    assert!(!console.contains("Gave up waiting for root file system device"), "root=UUID= resolved at once (to the raw disk):\n{}", vm_tail(console));
+}
+
+/// / is the bcache device of the adopted disk, attached to its cache, with the
+/// marker that was left dirty in the cache.
+fn assert_root_is_bcache(out: &VmOutput, patched: bool, cset: &str) {
     out.assert_ok();
     let block = out.expect_value("root_block");
     assert!(block.starts_with("bcache"), "/ is {block} ({}), not a bcache device:\n{}", out.expect_value("root_dev"), out.section("mounts"));
@@ -287,26 +355,12 @@ fn root_on_adopted_device(patched: bool) {
         assert!(!out.section("headers").trim().is_empty(), "the header file in /run/bcache/header: {}", out.section("headers"));
     }
     assert_eq!(out.expect_value("root_mode"), "writethrough [writeback] writearound none");
-    assert_eq!(out.expect_value("root_cache"), "vdb", "attached to its cache");
+    // bcache/cache links to the cache set's directory, /sys/fs/bcache/CSET
+    assert_eq!(out.expect_value("root_cache"), cset, "attached to its cache set");
+    assert_eq!(out.expect_value("root_cache_dev"), "vdb", "the cache set's cache device");
     assert_eq!(out.expect_value("marker"), MARKER, "the dirty marker is read from the cache");
     let list = out.section("list");
     assert!(list.lines().any(|l| l.split_whitespace().next() == Some("root") && l.contains("up: /dev/bcache")), "bcache tab list:\n{list}");
-
-    // Boot 3: a blank disk where the cache was: the root must not come up.
-    // root=/dev/bcache/root: with root=UUID=, blkid resolves the uuid to the raw
-    // disk at once (the bcache device does not exist), and only its being held
-    // (dm-linear or register_raw) keeps it from being mounted ("Can't open
-    // blockdev"): see the report of the boot integration.
-    let blank = scratch.image("blank.img", 300 * MIB);
-    let out3 = boot_root(&initrd, &root, &blank, "root=/dev/bcache/root");
-    boot_report("boot 3 (cache missing)", &out3);
-    if out3.status.is_some() {
-        out3.fail("the root came up without its writeback cache");
-    }
-    let console = &out3.console;
-    assert!(console.contains("bcache: waiting for the root device"), "the local-block script says why:\n{}", vm_tail(console));
-    assert!(console.contains("waiting for cache set") && console.contains("dirty data"), "{}", vm_tail(console));
-    assert!(console.contains("Gave up waiting for root file system device"), "{}", vm_tail(console));
 }
 
 fn vm_tail(s: &str) -> String {

@@ -1,7 +1,7 @@
 #!/bin/bash
 # dracut module: bcache-tools (Rust). Installed as
 # /usr/lib/dracut/modules.d/90bcache/ (module-setup.sh, bcache-wait.sh,
-# bcache-timeout.sh).
+# bcache-timeout.sh, bcache-root.sh).
 #
 # Puts in the initramfs what it takes to boot a root file system on bcache,
 # formatted (69-bcache.rules registers it) or adopted through /etc/bcachetab
@@ -16,7 +16,8 @@
 # bcachetab-wait@.service; without systemd, bcache-wait.sh in the initqueue
 # runs `bcache tab wait --all` (bounded by the longest timeout; writeback
 # devices wait for their set). When the root does not come, bcache-timeout.sh
-# prints `bcache tab list` (which device waits for what).
+# prints `bcache tab list` (which device waits for what). bcache-root.sh
+# (pre-mount) refuses to mount a bcachetab line's raw device as the root.
 
 BCACHETAB=/etc/bcachetab
 BCACHE_STATE=/var/lib/bcache/state
@@ -85,4 +86,5 @@ install() {
     fi
     inst_hook initqueue/settled 90 "$moddir/bcache-wait.sh"
     inst_hook initqueue/timeout 90 "$moddir/bcache-timeout.sh"
+    inst_hook pre-mount 90 "$moddir/bcache-root.sh"
 }
