@@ -184,7 +184,9 @@ pub type Props<'a> = &'a dyn Fn(&str) -> Option<String>;
 /// (when no udev event says which one it is).
 pub fn resolve(spec: &DeviceSpec) -> Option<PathBuf> {
     match spec {
-        DeviceSpec::Path(p) => p.exists().then(|| p.clone()),
+        // The device itself, not a link to it: what lines and arguments
+        // are compared by.
+        DeviceSpec::Path(p) => fs::canonicalize(p).ok(),
         DeviceSpec::PartUuid(v) => link_target(&format!("/dev/disk/by-partuuid/{v}")),
         DeviceSpec::PartLabel(v) => link_target(&format!("/dev/disk/by-partlabel/{v}")),
         // /dev/disk/by-uuid names the bcache device once it is up (same
@@ -194,6 +196,39 @@ pub fn resolve(spec: &DeviceSpec) -> Option<PathBuf> {
             spec.matches(&|k| ids.iter().find(|(key, _)| key == k).map(|(_, v)| v.clone()))
         }),
     }
+}
+
+/// The line for a device given by path: its properties are read once (as
+/// udev would give them: DEVNAME, DEVLINKS, ID_FS_*, ID_PART_ENTRY_*) and
+/// matched against every line, with no I/O per line; only then are path
+/// lines outside /dev/disk (e.g. /dev/mapper links) followed.
+pub fn entry_for_device<'t>(tab: &'t Tab, dev: &Path) -> Option<&'t Entry> {
+    let real = fs::canonicalize(dev).ok()?;
+    let mut props = vec![("DEVNAME".to_owned(), real.to_string_lossy().into_owned())];
+    let mut links = Vec::new();
+    for dir in ["by-id", "by-path", "by-partuuid", "by-partlabel", "by-diskseq"] {
+        let dir_path = Path::new("/dev/disk").join(dir);
+        for e in fs::read_dir(&dir_path).into_iter().flatten().flatten() {
+            if fs::canonicalize(e.path()).ok().as_ref() != Some(&real) {
+                continue;
+            }
+            let name = e.file_name().to_string_lossy().into_owned();
+            match dir {
+                "by-partuuid" => props.push(("ID_PART_ENTRY_UUID".to_owned(), name)),
+                "by-partlabel" => props.push(("ID_PART_ENTRY_NAME".to_owned(), name)),
+                _ => {}
+            }
+            links.push(e.path().to_string_lossy().into_owned());
+        }
+    }
+    props.push(("DEVLINKS".to_owned(), links.join(" ")));
+    props.extend(identify(&real));
+    let get = |k: &str| props.iter().find(|(key, _)| key == k).map(|(_, v)| v.clone());
+    tab.matching(&get).or_else(|| {
+        tab.entries
+            .iter()
+            .find(|e| matches!(&e.device, DeviceSpec::Path(p) if fs::canonicalize(p).ok().as_ref() == Some(&real)))
+    })
 }
 
 fn link_target(link: &str) -> Option<PathBuf> {

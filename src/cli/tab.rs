@@ -249,7 +249,9 @@ pub fn apply_cmd(args: &ApplyArgs) -> anyhow::Result<Outcome> {
         bail!("name devices or lines to bring up, or pass --all");
     } else {
         for d in &args.devices {
-            match find_entry(&tab, d).map(|e| (e, apply::resolve(&e.device))) {
+            // A device argument is the device; a name or uuid is looked up.
+            let given = std::fs::canonicalize(d).ok().filter(|p| p.starts_with("/dev/"));
+            match find_entry(&tab, d).map(|e| (e, given.clone().or_else(|| apply::resolve(&e.device)))) {
                 Some((e, Some(p))) => todo.push((e, p)),
                 Some((e, None)) => {
                     eprintln!("bcache tab apply: {}: {} is missing", at(&tab, e), e.device);
@@ -279,10 +281,7 @@ pub fn apply_cmd(args: &ApplyArgs) -> anyhow::Result<Outcome> {
 fn find_entry<'t>(tab: &'t Tab, arg: &str) -> Option<&'t Entry> {
     tab.by_name(arg)
         .or_else(|| arg.parse::<Uuid>().ok().and_then(|u| tab.by_uuid(&u)))
-        .or_else(|| {
-            let path = std::fs::canonicalize(arg).ok()?;
-            tab.entries.iter().find(|e| apply::resolve(&e.device).as_ref() == Some(&path))
-        })
+        .or_else(|| apply::entry_for_device(tab, Path::new(arg)))
 }
 
 fn wait(args: &WaitArgs) -> anyhow::Result<Outcome> {
@@ -540,7 +539,7 @@ pub fn adopt(args: &AdoptArgs) -> anyhow::Result<Outcome> {
     }
     let tab = load_tab(&env.tab)?;
     let real = std::fs::canonicalize(&args.device)?;
-    if let Some(e) = tab.entries.iter().find(|e| apply::resolve(&e.device).as_ref() == Some(&real)) {
+    if let Some(e) = apply::entry_for_device(&tab, &real) {
         bail!("{shown}: already in {} as {}", at(&tab, e), e.device);
     }
     let spec = match &args.spec {
