@@ -10,7 +10,7 @@
 //! file, the line and the field, and the good lines are kept, so that one
 //! typo does not keep every other device down at boot.
 
-use std::collections::HashMap;
+use std::collections::BTreeMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
 
@@ -113,6 +113,20 @@ impl DeviceSpec {
                 props("DEVNAME").is_some_and(|d| d == p)
                     || props("DEVLINKS").is_some_and(|links| links.split(' ').any(|l| l == p))
             }
+        }
+    }
+}
+
+impl DeviceSpec {
+    /// What two lines naming the same device have in common: the kind of
+    /// name and the name.
+    fn key(&self) -> (u8, &str) {
+        match self {
+            DeviceSpec::Uuid(v) => (0, v),
+            DeviceSpec::Label(v) => (1, v),
+            DeviceSpec::PartUuid(v) => (2, v),
+            DeviceSpec::PartLabel(v) => (3, v),
+            DeviceSpec::Path(p) => (4, p.to_str().unwrap_or("")),
         }
     }
 }
@@ -233,7 +247,12 @@ impl Tab {
     /// Reads and parses a bcachetab; a missing file is an empty table.
     pub fn load(path: &Path) -> std::io::Result<Tab> {
         match std::fs::read(path) {
-            Ok(bytes) => Ok(Tab::parse(&String::from_utf8_lossy(&bytes), path)),
+            // Validating UTF-8 is cheaper than the lossy conversion, which
+            // only a broken file needs.
+            Ok(bytes) => Ok(match std::str::from_utf8(&bytes) {
+                Ok(text) => Tab::parse(text, path),
+                Err(_) => Tab::parse(&String::from_utf8_lossy(&bytes), path),
+            }),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 Ok(Tab { path: path.to_owned(), ..Tab::default() })
             }
@@ -243,39 +262,57 @@ impl Tab {
 
     pub fn parse(text: &str, path: &Path) -> Tab {
         let mut tab = Tab { path: path.to_owned(), ..Tab::default() };
-        let mut seen_uuid: HashMap<Uuid, usize> = HashMap::new();
-        let mut seen_name: HashMap<String, usize> = HashMap::new();
-        let mut seen_device: HashMap<String, usize> = HashMap::new();
         for (i, raw) in text.lines().enumerate() {
             let line = i + 1;
             let content = raw.split_once('#').map_or(raw, |(c, _)| c).trim();
             if content.is_empty() {
                 continue;
             }
-            let entry = match parse_line(content, line) {
-                Ok(e) => e,
-                Err((field, message)) => {
-                    tab.errors.push(tab.error(line, field, message));
-                    continue;
-                }
-            };
-            // A repeated uuid would give two devices one slot in the cache
-            // set: the second line is refused, the first kept.
-            let problem = dup(&seen_uuid, &entry.uuid, "uuid")
-                .or_else(|| entry.name.as_ref().and_then(|n| dup(&seen_name, n, "name")))
-                .or_else(|| dup(&seen_device, &entry.device.to_string(), "device"));
-            if let Some((field, message)) = problem {
-                tab.errors.push(tab.error(line, field, message));
-                continue;
+            match parse_line(content, line) {
+                Ok(e) => tab.entries.push(e),
+                Err((field, message)) => tab.errors.push(tab.error(line, field, message)),
             }
-            seen_uuid.insert(entry.uuid, line);
-            if let Some(n) = &entry.name {
-                seen_name.insert(n.clone(), line);
-            }
-            seen_device.insert(entry.device.to_string(), line);
-            tab.entries.push(entry);
         }
+        tab.drop_duplicates();
         tab
+    }
+
+    /// Refuses the later of two lines with the same uuid (it would give two
+    /// devices one slot in the cache set), name or device; the first is
+    /// kept. Keys are borrowed from the entries, compared in B-trees: no
+    /// allocation or hashing per line.
+    fn drop_duplicates(&mut self) {
+        let mut refused: Vec<(usize, &'static str, usize)> = Vec::new();
+        {
+            let mut uuids: BTreeMap<&Uuid, usize> = BTreeMap::new();
+            let mut names: BTreeMap<&str, usize> = BTreeMap::new();
+            let mut devices: BTreeMap<(u8, &str), usize> = BTreeMap::new();
+            for (i, e) in self.entries.iter().enumerate() {
+                let first = uuids.get(&e.uuid).map(|&l| ("uuid", l)).or_else(|| {
+                    let by_name = e.name.as_deref().and_then(|n| names.get(n));
+                    by_name.map(|&l| ("name", l)).or_else(|| devices.get(&e.device.key()).map(|&l| ("device", l)))
+                });
+                match first {
+                    Some((field, first_line)) => refused.push((i, field, first_line)),
+                    None => {
+                        uuids.insert(&e.uuid, e.line);
+                        if let Some(n) = &e.name {
+                            names.insert(n, e.line);
+                        }
+                        devices.insert(e.device.key(), e.line);
+                    }
+                }
+            }
+        }
+        if refused.is_empty() {
+            return;
+        }
+        for &(i, field, first_line) in refused.iter().rev() {
+            let e = self.entries.remove(i);
+            let message = format!("{field} already used on line {first_line}");
+            self.errors.push(self.error(e.line, field, message));
+        }
+        self.errors.sort_by_key(|e| e.line);
     }
 
     fn error(&self, line: usize, field: &str, message: String) -> TabError {
@@ -351,19 +388,20 @@ pub fn set_cset(path: &Path, uuid: &Uuid, cset: Option<Uuid>) -> Result<bool, Ed
 
 type FieldError = (&'static str, String);
 
-/// The problem of a value already used on an earlier line.
-fn dup<K: std::hash::Hash + Eq>(seen: &HashMap<K, usize>, key: &K, field: &'static str) -> Option<FieldError> {
-    seen.get(key).map(|first| (field, format!("{field} already used on line {first}")))
-}
-
 fn parse_line(content: &str, line: usize) -> Result<Entry, FieldError> {
-    let fields: Vec<&str> = content.split_whitespace().collect();
-    if fields.len() < 4 {
-        let missing = ["name", "device", "uuid", "cset"][fields.len()];
+    let mut words = content.split_ascii_whitespace();
+    let mut fields = [""; 5];
+    let mut n = 0;
+    for (slot, w) in fields.iter_mut().zip(&mut words) {
+        *slot = w;
+        n += 1;
+    }
+    if n < 4 {
+        let missing = ["name", "device", "uuid", "cset"][n];
         return Err((missing, "missing (a line is: name device uuid cset [options])".into()));
     }
-    if fields.len() > 5 {
-        return Err(("options", format!("unexpected '{}' after the options", fields[5])));
+    if let Some(extra) = words.next() {
+        return Err(("options", format!("unexpected '{extra}' after the options")));
     }
     let name = match fields[0] {
         "-" => None,
@@ -375,9 +413,9 @@ fn parse_line(content: &str, line: usize) -> Result<Entry, FieldError> {
         "-" | "none" => None,
         s => Some(parse_uuid(s).map_err(|m| ("cset", m))?),
     };
-    let options = match fields.get(4) {
-        None | Some(&"-") => Options::default(),
-        Some(s) => parse_options(s)?,
+    let options = match fields[4] {
+        "" | "-" => Options::default(),
+        s => parse_options(s)?,
     };
     if options.timeout.is_some() && options.mode == CacheMode::Writeback {
         return Err(("timeout", "a writeback device never runs without its cache set: no timeout".into()));
