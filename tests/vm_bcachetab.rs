@@ -27,22 +27,9 @@ fn expect_files(vm: &mut Vm) {
 /// An ext4 image holding the test files; they are also put in the guest
 /// under /root/expect for comparison.
 fn filesystem(scratch: &Scratch, vm: &mut Vm) -> std::path::PathBuf {
-    let files = scratch.path().join("files");
-    std::fs::create_dir_all(&files).unwrap();
-    for i in 0..FILES {
-        std::fs::write(files.join(format!("file{i}")), file_data(i)).unwrap();
-    }
     expect_files(vm);
-    let disk = scratch.image("fs.img", 64 * MIB);
-    let ok = std::process::Command::new("mkfs.ext4")
-        .args(["-q", "-F", "-d"])
-        .arg(&files)
-        .arg(&disk)
-        .status()
-        .unwrap()
-        .success();
-    assert!(ok, "mkfs.ext4 -d (e2fsprogs) is needed");
-    disk
+    let files: Vec<_> = (0..FILES).map(|i| (format!("file{i}"), file_data(i))).collect();
+    common::ext4_with_files(scratch, "fs.img", 64 * MIB, &files, None)
 }
 
 fn guest(patched: bool) -> Vm {

@@ -48,15 +48,8 @@ fn expect_files(vm: &mut Vm) {
 }
 
 fn ext4_with_files(scratch: &Scratch) -> PathBuf {
-    let dir = scratch.path().join("files");
-    std::fs::create_dir_all(&dir).unwrap();
-    for i in 0..4 {
-        std::fs::write(dir.join(format!("file{i}")), file_data(i)).unwrap();
-    }
-    let img = scratch.image("ext4.img", 64 * MIB);
-    let ok = Command::new("mkfs.ext4").args(["-q", "-F", "-U", EXT4_UUID, "-d"]).arg(&dir).arg(&img).status().unwrap();
-    assert!(ok.success(), "mkfs.ext4 -d (e2fsprogs)");
-    img
+    let files: Vec<_> = (0..4).map(|i| (format!("file{i}"), file_data(i))).collect();
+    common::ext4_with_files(scratch, "ext4.img", 64 * MIB, &files, Some(EXT4_UUID))
 }
 
 /// Compares every expected file with the copy under MOUNTPOINT.

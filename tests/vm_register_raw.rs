@@ -24,22 +24,14 @@ fn patched_vm() -> Vm {
 #[test]
 fn raw_registered_filesystem_keeps_its_files() {
     let scratch = Scratch::new();
-    let files = scratch.path().join("files");
-    std::fs::create_dir(&files).unwrap();
     let mut vm = patched_vm();
-    for i in 0..5u64 {
-        let data = pattern(100_000 + i as usize * 77_777, 0xfeed_0000 + i);
-        std::fs::write(files.join(format!("file{i}")), &data).unwrap();
-        vm.file(&format!("/root/expect/file{i}"), data, false);
+    let files: Vec<_> = (0..5u64)
+        .map(|i| (format!("file{i}"), pattern(100_000 + i as usize * 77_777, 0xfeed_0000 + i)))
+        .collect();
+    for (name, data) in &files {
+        vm.file(&format!("/root/expect/{name}"), data.clone(), false);
     }
-    let disk = scratch.image("fs.img", 64 * MIB);
-    let mkfs = std::process::Command::new("mkfs.ext4")
-        .args(["-q", "-F", "-d"])
-        .arg(&files)
-        .arg(&disk)
-        .status()
-        .unwrap();
-    assert!(mkfs.success(), "mkfs.ext4 -d (e2fsprogs) is needed");
+    let disk = common::ext4_with_files(&scratch, "fs.img", 64 * MIB, &files, None);
     let tail = pattern(1 << 20, 0x7a11);
     vm.disk(&disk).module("ext4").file("/root/tail.bin", tail.clone(), false);
     let out = vm.run(&format!(

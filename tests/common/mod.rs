@@ -32,3 +32,30 @@ pub fn pattern(len: usize, seed: u64) -> Vec<u8> {
 #[allow(dead_code)]
 pub const RES: &str = r#"res() { _o=$("$@" 2>&1) && _s=0 || _s=$?; printf '%s status=%s' "$(echo "$_o" | tr '\n' ' ')" "$_s"; }
 "#;
+
+/// An ext4 image `name` of `size` bytes in `scratch` holding `files` (name,
+/// contents) at its root, made by mkfs.ext4 -d; with this file system uuid
+/// when given.
+#[allow(dead_code)]
+pub fn ext4_with_files(
+    scratch: &vm::Scratch,
+    name: &str,
+    size: u64,
+    files: &[(String, Vec<u8>)],
+    uuid: Option<&str>,
+) -> PathBuf {
+    let dir = scratch.path().join(format!("{name}.d"));
+    std::fs::create_dir_all(&dir).unwrap();
+    for (file, data) in files {
+        std::fs::write(dir.join(file), data).unwrap();
+    }
+    let img = scratch.image(name, size);
+    let mut mkfs = std::process::Command::new("mkfs.ext4");
+    mkfs.args(["-q", "-F"]);
+    if let Some(u) = uuid {
+        mkfs.args(["-U", u]);
+    }
+    let ok = mkfs.arg("-d").arg(&dir).arg(&img).status().expect("mkfs.ext4 (e2fsprogs)").success();
+    assert!(ok, "mkfs.ext4 -d {} failed", dir.display());
+    img
+}
