@@ -216,7 +216,6 @@ fn ephemeral_cache_timeout(patched: bool) {
     let out2 = vm2.run(&format!(
         r#"{SAME_FILES}
         udevadm settle
-        emit waiting_at_first "$(bcache tab list | grep -c 'waiting for cache set' || true)"
         wait_until 60 test -e /dev/bcache/eph || {{
             udevadm info -q property -n /dev/vda >&2
             systemctl list-units --all 'bcachetab*' >&2
@@ -245,8 +244,10 @@ fn ephemeral_cache_timeout(patched: bool) {
     ));
     boot_report(2, &out2);
     out2.assert_ok();
-    assert_eq!(out2.expect_value("waiting_at_first"), "1", "it waits for its set first");
-    assert!(out2.section("journal").contains("running without it"), "{}", out2.section("journal"));
+    // The unit runs the device only if it still waits at the deadline (the
+    // scenario may start after it, on a busy machine): its message is the
+    // proof that the device waited for its set first.
+    assert!(out2.section("journal").contains("did not come within 5s: running without it"), "{}", out2.section("journal"));
     assert!(out2.section("stale_state").contains("stale=1"), "{}", out2.section("stale_state"));
     let new_set = out2.expect_value("new_set").to_owned();
     assert!(out2.section("tab").contains(&new_set), "bcachetab follows the attach: {}", out2.section("tab"));
