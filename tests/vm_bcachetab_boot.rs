@@ -339,7 +339,7 @@ fn many_devices_five_boots(patched: bool) {
         let out = vm().run(&format!(
             r#"
             udevadm settle
-            wait_until 120 sh -c '[ "$(ls /dev/bcache/ | grep -c "^d[0-9]")" = {MANY} ]'
+            wait_until 600 sh -c '[ "$(ls /dev/bcache/ | grep -c "^d[0-9]")" = {MANY} ]'
             udevadm settle
             emit up "$(ls /dev/bcache/ | grep -c '^d[0-9]' || true)"
             emit bcache_disks "$(ls /sys/block | grep -c '^bcache' || true)"
