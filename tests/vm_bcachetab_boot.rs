@@ -338,9 +338,9 @@ fn many_devices_five_boots(patched: bool) {
     for boot in 2..=6 {
         let out = vm().run(&format!(
             r#"
-            udevadm settle
+            udevadm settle --timeout=600
             wait_until 600 sh -c '[ "$(ls /dev/bcache/ | grep -c "^d[0-9]")" = {MANY} ]'
-            udevadm settle
+            udevadm settle --timeout=600
             emit up "$(ls /dev/bcache/ | grep -c '^d[0-9]' || true)"
             emit bcache_disks "$(ls /sys/block | grep -c '^bcache' || true)"
             emit registered "$(dmesg | grep -c 'registered backing device' || true)"
