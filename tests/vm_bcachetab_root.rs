@@ -329,7 +329,7 @@ fn root_on_adopted_device(patched: bool) {
     }
     let console = &out.console;
     assert!(
-        console.contains("bcache: refusing to mount /dev/vda, the raw device of bcachetab line 'root ")
+        console.contains("bcache: refusing to mount /dev/vda, the raw device of bcachetab line 'root\tUUID=")
             && console.contains("Boot with root=/dev/bcache/root."),
         "the local-premount script refuses the raw disk and says why:\n{}",
         vm_tail(console)
