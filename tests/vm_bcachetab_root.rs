@@ -182,7 +182,9 @@ fn build_initramfs(scratch: &Scratch, root: &Path, cache: &Path, patched: bool) 
         r#"
         check make_cache bcache make -C /dev/vdb
         wait_until 30 test -e /sys/block/vdb/bcache
-        check adopt bcache adopt /dev/vda --cache /dev/vdb --writeback --name root
+        # writeback_running=0 (a bcachetab tunable): nothing is written back,
+        # so the marker is still only in the cache at every later boot.
+        check adopt bcache adopt /dev/vda --cache /dev/vdb --writeback --name root -o writeback_running=0
         udevadm settle
         wait_for /dev/bcache/root
         B=$(basename "$(readlink -f /dev/bcache/root)")
