@@ -877,20 +877,7 @@ impl Vm {
 
     fn build_debian_initramfs(&self, script: &str, dest: &Path) {
         let Userland::Debian { init, .. } = &self.userland else { unreachable!() };
-        let mut fsys = GuestFs::default();
-        for d in ["/bin", "/sbin", "/usr/bin", "/usr/sbin", "/lib/modules", "/proc", "/sys", "/dev", "/run", "/tmp", "/payload"] {
-            fsys.dir(d);
-        }
-        fsys.node("/dev/console", Node::CharDev(5, 1, 0o600));
-        fsys.node("/dev/null", Node::CharDev(1, 3, 0o666));
-        let busybox = find_host_program("busybox").expect("busybox not found (apt-get install busybox-static)");
-        fsys.program("/bin/busybox", &busybox);
-        for applet in busybox_applets(&busybox) {
-            let path = format!("/{applet}");
-            if path != "/bin/busybox" && !path.ends_with("/busybox") {
-                fsys.node_if_absent(&path, Node::Symlink("/bin/busybox".into()));
-            }
-        }
+        let mut fsys = busybox_fs(&["/bin", "/sbin", "/usr/bin", "/usr/sbin", "/lib/modules", "/proc", "/sys", "/dev", "/run", "/tmp", "/payload"]);
         // first stage: only what it takes to build the root
         let stage1: Vec<String> = DEBIAN_STAGE1_MODULES.iter().map(|s| s.to_string()).collect();
         let mut order = String::new();
@@ -980,22 +967,10 @@ impl Vm {
     }
 
     fn build_initramfs(&self, script: &str, dest: &Path) {
-        let mut fsys = GuestFs::default();
-        for d in ["/bin", "/sbin", "/usr/bin", "/usr/sbin", "/usr/local/bin", "/lib/modules", "/proc", "/sys", "/dev", "/run", "/tmp", "/mnt", "/root", "/etc", C_TOOLS_DIR] {
-            fsys.dir(d);
-        }
-        fsys.node("/dev/console", Node::CharDev(5, 1, 0o600));
-        fsys.node("/dev/null", Node::CharDev(1, 3, 0o666));
-
-        // busybox and its applets (the applet list names busybox itself: skip it)
-        let busybox = find_host_program("busybox").expect("busybox not found (apt-get install busybox-static)");
-        fsys.program("/bin/busybox", &busybox);
-        for applet in busybox_applets(&busybox) {
-            let path = format!("/{applet}");
-            if path != "/bin/busybox" && !path.ends_with("/busybox") {
-                fsys.node_if_absent(&path, Node::Symlink("/bin/busybox".into()));
-            }
-        }
+        let mut fsys = busybox_fs(&[
+            "/bin", "/sbin", "/usr/bin", "/usr/sbin", "/usr/local/bin", "/lib/modules", "/proc", "/sys", "/dev", "/run", "/tmp", "/mnt",
+            "/root", "/etc", C_TOOLS_DIR,
+        ]);
 
         // every fetched module is in the guest (for load_module); the boot set is loaded by /init
         let mut deps = String::new();
@@ -1251,6 +1226,27 @@ impl VmOutput {
         }
         Some(dir)
     }
+}
+
+/// An initramfs tree with `dirs`, /dev/console, /dev/null, and busybox with
+/// a link for each of its applets (the applet list names busybox itself:
+/// skipped): what both guests' first stage stands on.
+fn busybox_fs(dirs: &[&str]) -> GuestFs {
+    let mut fsys = GuestFs::default();
+    for d in dirs {
+        fsys.dir(d);
+    }
+    fsys.node("/dev/console", Node::CharDev(5, 1, 0o600));
+    fsys.node("/dev/null", Node::CharDev(1, 3, 0o666));
+    let busybox = find_host_program("busybox").expect("busybox not found (apt-get install busybox-static)");
+    fsys.program("/bin/busybox", &busybox);
+    for applet in busybox_applets(&busybox) {
+        let path = format!("/{applet}");
+        if path != "/bin/busybox" && !path.ends_with("/busybox") {
+            fsys.node_if_absent(&path, Node::Symlink("/bin/busybox".into()));
+        }
+    }
+    fsys
 }
 
 /// QEMU arguments of a Debian guest besides the common ones: the system disk (last
