@@ -7,7 +7,7 @@
 mod common;
 
 use common::vm::{Scratch, Vm};
-use common::{pattern, RES};
+use common::{pattern, RES, SAME_FILES};
 
 const MIB: u64 = 1 << 20;
 
@@ -64,7 +64,7 @@ fn adopt_writeback_power_cut_and_back(patched: bool) {
 
     // Boot 1: adopt, attach in writeback, write, lose power.
     let out = vm.run(&format!(
-        r#"{RES}
+        r#"{RES}{SAME_FILES}
         check make_cache bcache make -C /dev/vdb
         check adopt bcache adopt /dev/vda --cache /dev/vdb --writeback --name data0 -o sequential_cutoff=1M
         wait_for /dev/bcache0
@@ -72,7 +72,7 @@ fn adopt_writeback_power_cut_and_back(patched: bool) {
         emit json "$(bcache tab list --json | tr -d ' \n')"
         mkdir -p /mnt
         check mount mount -t ext4 /dev/bcache0 /mnt
-        for f in /root/expect/*; do check "same_${{f##*/}}" cmp "$f" "/mnt/${{f##*/}}"; done
+        same_files /mnt same
         check write_extra cp /root/extra.bin /mnt/extra.bin
         check umount umount /mnt
         emit dirty "$(cat /sys/block/bcache0/bcache/state)"
@@ -119,6 +119,7 @@ fn adopt_writeback_power_cut_and_back(patched: bool) {
     carry(&mut vm3, &out);
     let out3 = vm3.run(&format!(
         r#"{RES}
+        {SAME_FILES}
         check apply bcache tab apply --all
         section list_waiting bcache tab list
         check register_cache bcache register /dev/vdb
@@ -126,7 +127,7 @@ fn adopt_writeback_power_cut_and_back(patched: bool) {
         section list bcache tab list
         mkdir -p /mnt
         check mount mount -t ext4 /dev/bcache0 /mnt
-        for f in /root/expect/*; do check "same_${{f##*/}}" cmp "$f" "/mnt/${{f##*/}}"; done
+        same_files /mnt same
         check same_extra cmp /root/extra.bin /mnt/extra.bin
         check umount umount /mnt
         emit again "$(res bcache tab apply --all)"

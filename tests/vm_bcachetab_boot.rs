@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use common::vm::{DebianInit, Scratch, Vm, VmOutput};
-use common::pattern;
+use common::{pattern, SAME_FILES};
 
 const MIB: u64 = 1 << 20;
 const EXT4_UUID: &str = "3f0a7c1e-52b4-4d8e-9b61-0c2d4e6f8a01";
@@ -51,13 +51,6 @@ fn ext4_with_files(scratch: &Scratch) -> PathBuf {
     let files: Vec<_> = (0..4).map(|i| (format!("file{i}"), file_data(i))).collect();
     common::ext4_with_files(scratch, "ext4.img", 64 * MIB, &files, Some(EXT4_UUID))
 }
-
-/// Compares every expected file with the copy under MOUNTPOINT.
-const SAME_FILES: &str = r#"
-same_files() {
-    for f in /root/expect/*; do check "$2_${f##*/}" cmp "$f" "$1/${f##*/}"; done
-}
-"#;
 
 fn boot_report(n: u32, out: &VmOutput) {
     eprintln!("boot {n}: {:.1} s in QEMU", out.elapsed.as_secs_f64());

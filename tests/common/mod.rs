@@ -33,6 +33,16 @@ pub fn pattern(len: usize, seed: u64) -> Vec<u8> {
 pub const RES: &str = r#"res() { _o=$("$@" 2>&1) && _s=0 || _s=$?; printf '%s status=%s' "$(echo "$_o" | tr '\n' ' ')" "$_s"; }
 "#;
 
+/// A guest shell function: `same_files MOUNTPOINT PREFIX` checks every file
+/// under /root/expect against its copy under MOUNTPOINT (checks named
+/// PREFIX_FILE). Put it before a scenario.
+#[allow(dead_code)]
+pub const SAME_FILES: &str = r#"
+same_files() {
+    for f in /root/expect/*; do check "$2_${f##*/}" cmp "$f" "$1/${f##*/}"; done
+}
+"#;
+
 /// An ext4 image `name` of `size` bytes in `scratch` holding `files` (name,
 /// contents) at its root, made by mkfs.ext4 -d; with this file system uuid
 /// when given.
