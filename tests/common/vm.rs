@@ -812,7 +812,10 @@ impl Vm {
 
         let mut a: Vec<String> = Vec::new();
         let mut push = |items: &[&str]| a.extend(items.iter().map(|s| s.to_string()));
-        push(&["-accel", "tcg", "-cpu", "max"]);
+        // One host thread for all vCPUs: with multi-threaded TCG a vCPU can run a kernel
+        // text_poke_bp int3 after the patching CPU has finished ("Oops: int3" in
+        // sched_clock_cpu at boot, seen in CI). The guest keeps its SMP concurrency.
+        push(&["-accel", "tcg,thread=single", "-cpu", "max"]);
         push(&["-m", &self.memory_mib.to_string(), "-smp", &self.cpus.to_string()]);
         push(&["-nodefaults", "-nographic", "-no-reboot"]);
         // qboot (from qemu-system-data) starts a -kernel faster than SeaBIOS
