@@ -9,7 +9,7 @@ use std::time::{Duration, SystemTime};
 
 use uuid::Uuid;
 
-use crate::bcachetab::{DeviceSpec, Entry, Layout, Tab};
+use crate::bcachetab::{DeviceIds, DeviceSpec, Entry, Layout, Tab};
 use crate::device::{Access, Device, DeviceError};
 use crate::header::{self, HeaderError, HeaderParams};
 use crate::raw::{RawBacking, RawError};
@@ -191,10 +191,7 @@ pub fn resolve(spec: &DeviceSpec) -> Option<PathBuf> {
         DeviceSpec::PartLabel(v) => link_target(&format!("/dev/disk/by-partlabel/{v}")),
         // /dev/disk/by-uuid names the bcache device once it is up (same
         // file system): probe the candidates themselves.
-        DeviceSpec::Uuid(_) | DeviceSpec::Label(_) => candidates().into_iter().find(|dev| {
-            let ids = identify(dev);
-            spec.matches(&|k| ids.iter().find(|(key, _)| key == k).map(|(_, v)| v.clone()))
-        }),
+        DeviceSpec::Uuid(_) | DeviceSpec::Label(_) => candidates().into_iter().find(|dev| spec.matches(&identify(dev))),
     }
 }
 
@@ -204,8 +201,8 @@ pub fn resolve(spec: &DeviceSpec) -> Option<PathBuf> {
 /// lines outside /dev/disk (e.g. /dev/mapper links) followed.
 pub fn entry_for_device<'t>(tab: &'t Tab, dev: &Path) -> Option<&'t Entry> {
     let real = fs::canonicalize(dev).ok()?;
-    let mut props = vec![("DEVNAME".to_owned(), real.to_string_lossy().into_owned())];
-    let mut links = Vec::new();
+    let mut ids = identify(&real);
+    ids.devname = Some(real.to_string_lossy().into_owned());
     for dir in ["by-id", "by-path", "by-partuuid", "by-partlabel", "by-diskseq"] {
         let dir_path = Path::new("/dev/disk").join(dir);
         for e in fs::read_dir(&dir_path).into_iter().flatten().flatten() {
@@ -214,17 +211,14 @@ pub fn entry_for_device<'t>(tab: &'t Tab, dev: &Path) -> Option<&'t Entry> {
             }
             let name = e.file_name().to_string_lossy().into_owned();
             match dir {
-                "by-partuuid" => props.push(("ID_PART_ENTRY_UUID".to_owned(), name)),
-                "by-partlabel" => props.push(("ID_PART_ENTRY_NAME".to_owned(), name)),
+                "by-partuuid" => ids.part_uuid = Some(name),
+                "by-partlabel" => ids.part_name = Some(name),
                 _ => {}
             }
-            links.push(e.path().to_string_lossy().into_owned());
+            ids.links.push(e.path().to_string_lossy().into_owned());
         }
     }
-    props.push(("DEVLINKS".to_owned(), links.join(" ")));
-    props.extend(identify(&real));
-    let get = |k: &str| props.iter().find(|(key, _)| key == k).map(|(_, v)| v.clone());
-    tab.matching(&get).or_else(|| {
+    tab.matching(&ids).or_else(|| {
         tab.entries
             .iter()
             .find(|e| matches!(&e.device, DeviceSpec::Path(p) if fs::canonicalize(p).ok().as_ref() == Some(&real)))
@@ -257,17 +251,14 @@ fn candidates() -> Vec<PathBuf> {
 
 /// The uuid of a device's content (its file system's), as blkid reports it.
 pub fn content_uuid(dev: &Path) -> Option<String> {
-    identify(dev).into_iter().find(|(k, _)| k == "ID_FS_UUID").map(|(_, v)| v)
+    identify(dev).fs_uuid
 }
 
-/// What blkid says of a device's content, named as udev names it.
-fn identify(dev: &Path) -> Vec<(String, String)> {
+/// What blkid says of a device's content (ID_FS_UUID and ID_FS_LABEL).
+fn identify(dev: &Path) -> DeviceIds {
     let sig = Device::open(dev, Access::Read).ok().and_then(|d| d.first_signature().ok().flatten());
-    let Some(sig) = sig.filter(|s| !s.partition_table) else { return Vec::new() };
-    let mut out = vec![("ID_FS_TYPE".to_owned(), sig.kind)];
-    out.extend(sig.uuid.map(|u| ("ID_FS_UUID".to_owned(), u)));
-    out.extend(sig.label.map(|l| ("ID_FS_LABEL".to_owned(), l)));
-    out
+    let Some(sig) = sig.filter(|s| !s.partition_table) else { return DeviceIds::default() };
+    DeviceIds { fs_uuid: sig.uuid, fs_label: sig.label, ..DeviceIds::default() }
 }
 
 /// Serialises work on one device between processes (udev runs events of

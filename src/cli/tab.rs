@@ -7,7 +7,7 @@ use anyhow::{bail, Context};
 use uuid::Uuid;
 
 use bcache::apply::{self, Env, Status};
-use bcache::bcachetab::{self, DeviceSpec, Entry, Options, Tab};
+use bcache::bcachetab::{self, DeviceIds, DeviceSpec, Entry, Options, Tab};
 use bcache::device::{Access, Device};
 use bcache::state::{self, State};
 use bcache::superblock::{CacheMode, Role};
@@ -231,7 +231,7 @@ pub fn apply_cmd(args: &ApplyArgs) -> anyhow::Result<Outcome> {
     let mut todo: Vec<(&Entry, PathBuf)> = Vec::new();
     if args.udev {
         let dev = env_prop("DEVNAME").context("--udev: no DEVNAME in the environment")?;
-        match tab.matching(&env_prop) {
+        match tab.matching(&DeviceIds::from_props(&env_prop)) {
             Some(e) => todo.push((e, PathBuf::from(dev))),
             None => return Ok(if failed { Outcome::Exit(1) } else { Outcome::Ok }),
         }
@@ -434,16 +434,15 @@ fn list(args: &ListArgs) -> anyhow::Result<Outcome> {
 /// (CACHED_UUID set by the kernel) the name of its line.
 fn udev_match(args: &MatchArgs) -> anyhow::Result<Outcome> {
     let tab = load_tab(&args.files.tab)?;
-    let links: Option<String> = args.links.as_ref().map(|l| {
-        l.split_whitespace().map(|l| format!("/dev/{l}")).collect::<Vec<_>>().join(" ")
-    });
-    let props = |key: &str| match key {
-        "DEVLINKS" => links.clone().or_else(|| env_prop(key)),
-        _ => env_prop(key),
-    };
     let entry = match env_prop("CACHED_UUID").and_then(|u| u.parse::<Uuid>().ok()) {
         Some(u) => tab.by_uuid(&u),
-        None => tab.matching(&props),
+        None => {
+            let mut ids = DeviceIds::from_props(&env_prop);
+            if let Some(l) = &args.links {
+                ids.links = l.split_whitespace().map(|l| format!("/dev/{l}")).collect();
+            }
+            tab.matching(&ids)
+        }
     };
     if let Some(e) = entry {
         let mut out = std::io::stdout().lock();
