@@ -2,6 +2,7 @@
 //! kernel is told about it (the dirty-data rules), registration through
 //! either layout, the tunables, and each device's live status.
 
+use std::cell::OnceCell;
 use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
@@ -180,18 +181,34 @@ impl std::fmt::Display for Status {
 /// Properties of a block device, as a udev event would carry them.
 pub type Props<'a> = &'a dyn Fn(&str) -> Option<String>;
 
-/// Finds the device a line names by looking at the system's block devices
-/// (when no udev event says which one it is).
-pub fn resolve(spec: &DeviceSpec) -> Option<PathBuf> {
-    match spec {
-        // The device itself, not a link to it: what lines and arguments
-        // are compared by.
-        DeviceSpec::Path(p) => fs::canonicalize(p).ok(),
-        DeviceSpec::PartUuid(v) => link_target(&format!("/dev/disk/by-partuuid/{v}")),
-        DeviceSpec::PartLabel(v) => link_target(&format!("/dev/disk/by-partlabel/{v}")),
-        // /dev/disk/by-uuid names the bcache device once it is up (same
-        // file system): probe the candidates themselves.
-        DeviceSpec::Uuid(_) | DeviceSpec::Label(_) => candidates().into_iter().find(|dev| spec.matches(&identify(dev))),
+/// Finds the devices lines name by looking at the system's block devices
+/// (when no udev event says which one it is). A UUID= or LABEL= line
+/// needs what is on the devices: each one is probed at most once per
+/// resolver however many lines ask (a probe of every device for every
+/// line took minutes for 24 devices in a TCG guest). Make a new one to see
+/// devices that appeared since.
+#[derive(Default)]
+pub struct Resolver {
+    probed: OnceCell<Vec<(PathBuf, DeviceIds)>>,
+}
+
+impl Resolver {
+    pub fn resolve(&self, spec: &DeviceSpec) -> Option<PathBuf> {
+        match spec {
+            // The device itself, not a link to it: what lines and arguments
+            // are compared by.
+            DeviceSpec::Path(p) => fs::canonicalize(p).ok(),
+            DeviceSpec::PartUuid(v) => link_target(&format!("/dev/disk/by-partuuid/{v}")),
+            DeviceSpec::PartLabel(v) => link_target(&format!("/dev/disk/by-partlabel/{v}")),
+            // /dev/disk/by-uuid names the bcache device once it is up (same
+            // file system): probe the candidates themselves.
+            DeviceSpec::Uuid(_) | DeviceSpec::Label(_) => self
+                .probed
+                .get_or_init(|| candidates().into_iter().map(|dev| { let ids = identify(&dev); (dev, ids) }).collect())
+                .iter()
+                .find(|(_, ids)| spec.matches(ids))
+                .map(|(dev, _)| dev.clone()),
+        }
     }
 }
 
@@ -336,7 +353,7 @@ pub fn bring_up(env: &Env, entry: &Entry, path: &Path) -> Result<Status, ApplyEr
         }
         record_attachment(env, &entry.uuid, &dir)?;
     }
-    Ok(status(env, entry))
+    Ok(live_at(env, entry, path).0)
 }
 
 /// The cache set a registered backing device is attached to, from its
@@ -371,15 +388,22 @@ pub fn record_forced_run(env: &Env, uuid: &Uuid) -> Result<(), ApplyError> {
 }
 
 /// The live status of a line's device.
-pub fn status(env: &Env, entry: &Entry) -> Status {
-    live(env, entry).0
+pub fn status(env: &Env, resolver: &Resolver, entry: &Entry) -> Status {
+    live(env, resolver, entry).0
 }
 
 /// The status, and the sysfs directory of the registered device.
-fn live(env: &Env, entry: &Entry) -> (Status, Option<PathBuf>) {
-    let Some(path) = resolve(&entry.device) else { return (Status::Missing, None) };
+fn live(env: &Env, resolver: &Resolver, entry: &Entry) -> (Status, Option<PathBuf>) {
+    match resolver.resolve(&entry.device) {
+        Some(path) => live_at(env, entry, &path),
+        None => (Status::Missing, None),
+    }
+}
+
+/// [`live`] for the line's device, found at `path`.
+fn live_at(env: &Env, entry: &Entry, path: &Path) -> (Status, Option<PathBuf>) {
     let device = path.to_string_lossy().into_owned();
-    let dir = Device::open(&path, Access::Read)
+    let dir = Device::open(path, Access::Read)
         .ok()
         .and_then(|dev| registered_as(env, entry, &dev))
         .and_then(|(_, rdev)| env.sysfs.backing_dir(&device, rdev).ok());
@@ -424,12 +448,13 @@ pub enum Waited {
 pub fn wait(env: &Env, entry: &Entry) -> Result<Waited, ApplyError> {
     let timeout = match entry.options.timeout {
         Some(t) if entry.options.mode != CacheMode::Writeback => Duration::from_secs(t.into()),
-        _ => return Ok(Waited::NoTimeout(status(env, entry))),
+        _ => return Ok(Waited::NoTimeout(status(env, &Resolver::default(), entry))),
     };
     let since = fs::metadata(since_file(env, &entry.uuid)).and_then(|m| m.modified()).unwrap_or_else(|_| SystemTime::now());
     let deadline = since + timeout;
     loop {
-        let (st, dir) = live(env, entry);
+        // A new resolver at each look: the device may appear meanwhile.
+        let (st, dir) = live(env, &Resolver::default(), entry);
         match (&st, dir) {
             (Status::Waiting { dirty: false, .. }, Some(dir)) if SystemTime::now() >= deadline => {
                 let shown = dir.display().to_string();

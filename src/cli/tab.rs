@@ -229,6 +229,7 @@ pub fn apply_cmd(args: &ApplyArgs) -> anyhow::Result<Outcome> {
     let tab = load_tab(&env.tab)?;
     let mut failed = report_tab_errors(&tab);
     let mut todo: Vec<(&Entry, PathBuf)> = Vec::new();
+    let resolver = apply::Resolver::default();
     if args.udev {
         let dev = env_prop("DEVNAME").context("--udev: no DEVNAME in the environment")?;
         match tab.matching(&DeviceIds::from_props(&env_prop)) {
@@ -237,7 +238,7 @@ pub fn apply_cmd(args: &ApplyArgs) -> anyhow::Result<Outcome> {
         }
     } else if args.all {
         for e in &tab.entries {
-            match apply::resolve(&e.device) {
+            match resolver.resolve(&e.device) {
                 Some(p) => todo.push((e, p)),
                 None => {
                     eprintln!("bcache tab apply: {}: device: no device is {}", at(&tab, e), e.device);
@@ -251,7 +252,7 @@ pub fn apply_cmd(args: &ApplyArgs) -> anyhow::Result<Outcome> {
         for d in &args.devices {
             // A device argument is the device; a name or uuid is looked up.
             let given = std::fs::canonicalize(d).ok().filter(|p| p.starts_with("/dev/"));
-            match find_entry(&tab, d).map(|e| (e, given.clone().or_else(|| apply::resolve(&e.device)))) {
+            match find_entry(&tab, d).map(|e| (e, given.clone().or_else(|| resolver.resolve(&e.device)))) {
                 Some((e, Some(p))) => todo.push((e, p)),
                 Some((e, None)) => {
                     eprintln!("bcache tab apply: {}: {} is missing", at(&tab, e), e.device);
@@ -343,8 +344,9 @@ fn check(args: &CheckArgs) -> anyhow::Result<Outcome> {
         }
     };
     let has_raw = Sysfs::default().bcache_dir().is_ok_and(|d| d.join("register_raw").exists());
+    let resolver = apply::Resolver::default();
     for e in &tab.entries {
-        if apply::resolve(&e.device).is_none() {
+        if resolver.resolve(&e.device).is_none() {
             eprintln!("bcache tab: {}: device: no device is {}", at(&tab, e), e.device);
             failed = true;
         }
@@ -380,6 +382,7 @@ fn list(args: &ListArgs) -> anyhow::Result<Outcome> {
     // without write access to the state file still gets the list.
     let _ = apply::sync_headers(&env, &tab);
     let st = State::load(&env.state).unwrap_or_default();
+    let resolver = apply::Resolver::default();
     let mut rows: Vec<Row> = tab
         .entries
         .iter()
@@ -391,7 +394,7 @@ fn list(args: &ListArgs) -> anyhow::Result<Outcome> {
             cset: e.cset,
             mode: e.options.mode.name(),
             layout: st.get(&e.uuid).and_then(|r| r.layout).map(|l| l.name()),
-            status: apply::status(&env, e),
+            status: apply::status(&env, &resolver, e),
             refused: None,
         })
         .collect();
