@@ -3,6 +3,7 @@
 # Debian Linux 6.12 kernel.
 #
 #   kernel/build.sh [KERNEL_RELEASE] [OUTPUT_DIR]
+#   kernel/build.sh --headers [KERNEL_RELEASE]
 #
 # KERNEL_RELEASE defaults to `uname -r`; OUTPUT_DIR to target/kernel/RELEASE.
 # The bcache sources come from Debian's linux-source-6.12 package of the same
@@ -12,10 +13,21 @@
 # ~/.cache/bcache-tools-kbuild), never installed. No kernel source is kept in
 # this repository: only register_raw.patch, the project's own code.
 #
-# Needs: gcc, make, xz-utils, and (to download) apt with Debian's
-# bookworm-security suite.
+# --headers only prints the build tree's directory (downloading it if need
+# be): what `dkms build --kernelsourcedir` wants when linux-headers-RELEASE
+# is not installed. BCACHE_KBUILD_HEADERS=DIR builds against DIR instead of
+# looking for one; dkms.conf passes DKMS's kernel source directory that way,
+# so the module is built against the tree DKMS checked.
+#
+# Needs: gcc, make, patch, binutils, xz-utils, and (to download) apt with
+# Debian's bookworm-security suite.
 set -eu
 
+MODE=build
+if [ "${1:-}" = --headers ]; then
+    MODE=headers
+    shift
+fi
 KVER=${1:-$(uname -r)}
 HERE=$(cd "$(dirname "$0")" && pwd)
 OUT=${2:-$HERE/../target/kernel/$KVER}
@@ -36,8 +48,14 @@ pkg_version() {
 }
 
 root=$CACHE/$KVER
-headers=/usr/src/linux-headers-$KVER
-if [ ! -f "$headers/Makefile" ]; then
+headers=${BCACHE_KBUILD_HEADERS:-/usr/src/linux-headers-$KVER}
+if [ -n "${BCACHE_KBUILD_HEADERS:-}" ]; then
+    # A tree of another release would build a module its kernel refuses
+    # (vermagic), and only at load time would anyone notice.
+    given=$(cat "$headers/include/config/kernel.release" 2>/dev/null) ||
+        die "$headers: not a kernel build tree (no include/config/kernel.release)"
+    [ "$given" = "$KVER" ] || die "$headers is the build tree of $given, not of $KVER"
+elif [ ! -f "$headers/Makefile" ]; then
     headers=$root/usr/src/linux-headers-$KVER
     if [ ! -f "$root/.headers-done" ]; then
         version=$(pkg_version "linux-headers-$KVER")
@@ -52,6 +70,11 @@ if [ ! -f "$headers/Makefile" ]; then
         rm -rf "$root/debs"
         touch "$root/.headers-done"
     fi
+fi
+
+if [ "$MODE" = headers ]; then
+    echo "$headers"
+    exit 0
 fi
 
 # The source of the running kernel's version, unpacked once.
@@ -77,8 +100,11 @@ if [ ! -d "$src/drivers/md/bcache" ]; then
     mv "$src.tmp" "$src"
 fi
 
-build=$root/build
-rm -rf "$build"
+# A build directory of its own: DKMS (at a kernel upgrade, say) and a build
+# by hand may run at once for the same release.
+mkdir -p "$root"
+build=$(mktemp -d "$root/build.XXXXXX")
+trap 'rm -rf "$build"' EXIT
 mkdir -p "$build/drivers/md" "$build/Documentation/admin-guide"
 cp -r "$src/drivers/md/bcache" "$build/drivers/md/"
 cp "$src/Documentation/admin-guide/bcache.rst" "$build/Documentation/admin-guide/"
