@@ -145,6 +145,13 @@ fn adopt_power_cut_reboot(patched: bool) {
         check_eq xfs_by_uuid "$(readlink -f /dev/bcache/x)" "$(readlink -f /dev/disk/by-uuid/{XFS_UUID})"
         emit vda_links "$(udevadm info -q symlink -n /dev/vda)"
         emit vdb_links "$(udevadm info -q symlink -n /dev/vdb)"
+        # A change event without the kernel's CACHED_UUID, as udev makes one
+        # when a writer closes the device (fsck, mkfs): the links stay.
+        E=$(readlink -f /dev/bcache/e)
+        emit e_links_before "$(udevadm info -q symlink -n $E | tr ' ' '\n' | grep ^bcache/ | sort | tr '\n' ' ')"
+        check change_event udevadm trigger --settle --action=change $E
+        emit e_links_after "$(udevadm info -q symlink -n $E | tr ' ' '\n' | grep ^bcache/ | sort | tr '\n' ' ')"
+        check_eq name_link_after_change $E "$(readlink -f /dev/bcache/e)"
         emit cutoff "$(cat /sys/block/$(basename $(readlink -f /dev/bcache/x))/bcache/writeback_percent)"
         emit registered "$(dmesg | grep -c 'registered backing device' || true)"
         "#
@@ -155,6 +162,10 @@ fn adopt_power_cut_reboot(patched: bool) {
         let links = out3.expect_value(dev);
         assert!(!links.contains("by-uuid") && !links.contains("by-label"), "{dev}: {links}");
     }
+    // bcache/e, bcache/by-name/e, bcache/by-uuid/UUID
+    let before = out3.expect_value("e_links_before");
+    assert_eq!(before.split_whitespace().count(), 3, "the bcache device's links: {before}");
+    assert_eq!(out3.expect_value("e_links_after"), before, "links after a change event without CACHED_UUID");
     assert_eq!(out3.expect_value("cutoff"), "40", "tunables from bcachetab are applied at boot");
     assert_eq!(out3.expect_value("registered"), "2", "each device registered once");
 }
