@@ -1,7 +1,9 @@
 //! A root file system on an adopted device (bcachetab(5)) boots through an
 //! initramfs built by mkinitramfs with the project's initramfs-tools hook
 //! (initramfs/initramfs-tools-hook) and local-block script
-//! (initramfs/initramfs-tools-local-block).
+//! (initramfs/initramfs-tools-local-block), and through one built by dracut
+//! with the project's module (initramfs/dracut/90bcachetab; the boots of the
+//! dracut variant are described at `root_on_adopted_device_dracut`).
 //!
 //! Boot 1, a Debian userland guest (`Vm::debian`, udevd by hand): /dev/vda
 //! holds an ext4 root file system made on the host (busybox, our binary, an
@@ -89,6 +91,7 @@ emit cmdline "$(cat /proc/cmdline)"
 section mounts cat /proc/mounts
 section list bcache tab list
 section headers ls /run/bcache/header
+section links ls -lR /dev/bcache /dev/disk/by-uuid
 {
     echo "@@DMESG-BEGIN"
     dmesg
@@ -146,10 +149,23 @@ fn boot_report(what: &str, out: &VmOutput) {
     );
 }
 
+/// What builds the initramfs in boot 1.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Builder {
+    /// mkinitramfs with initramfs/initramfs-tools-*.
+    InitramfsTools,
+    /// dracut (dracut-core) with initramfs/dracut/90bcachetab, without
+    /// systemd in the initramfs (dracut's shell init and initqueue hooks).
+    Dracut,
+}
+
+/// The dracut module's files, where the README installs them.
+const DRACUT_MODULE: &[&str] = &["module-setup.sh", "bcache-wait.sh", "bcache-timeout.sh", "bcache-root.sh"];
+
 /// Boot 1: adopt, write into the root, build the initramfs with the
-/// project's hook; returns the initramfs image (on the host) and the cache
-/// set's uuid.
-fn build_initramfs(scratch: &Scratch, root: &Path, cache: &Path, patched: bool) -> (PathBuf, String) {
+/// project's hook or dracut module; returns the initramfs image (on the
+/// host) and the cache set's uuid.
+fn build_initramfs(scratch: &Scratch, root: &Path, cache: &Path, patched: bool, builder: Builder) -> (PathBuf, String) {
     let system = scratch.system_disk("system.img");
     let carrier = scratch.image("carrier.img", CARRIER_SIZE);
     let mut vm = Vm::debian(&system);
@@ -159,16 +175,26 @@ fn build_initramfs(scratch: &Scratch, root: &Path, cache: &Path, patched: bool) 
         .disk(&carrier)
         // installed as the README says
         .host_file(&repo("udev/61-bcachetab.rules"), "/usr/lib/udev/rules.d/61-bcachetab.rules")
-        .host_file(&repo("initramfs/initramfs-tools-hook"), "/usr/share/initramfs-tools/hooks/bcache")
-        .host_file(&repo("initramfs/initramfs-tools-local-block"), "/usr/share/initramfs-tools/scripts/local-block/bcache")
-        .host_file(&repo("initramfs/initramfs-tools-local-premount"), "/usr/share/initramfs-tools/scripts/local-premount/bcache")
+        .host_file(&repo("udev/69-bcache.rules"), "/usr/lib/udev/rules.d/69-bcache.rules")
         .symlink("/usr/sbin/bcachetab-apply", "bcache")
-        // the machine's own initramfs-tools configuration: its disk and root
-        // file system drivers (MODULES=most would take minutes under TCG)
-        .file("/etc/initramfs-tools/conf.d/bcache-vm.conf", "MODULES=list\nRESUME=none\n", false)
-        .file("/etc/initramfs-tools/modules", "virtio_blk\next4\n", false)
-        // mkinitramfs is thousands of processes: minutes under TCG
+        // an initramfs build is thousands of processes: minutes under TCG
         .timeout(std::time::Duration::from_secs(900));
+    match builder {
+        Builder::InitramfsTools => {
+            vm.host_file(&repo("initramfs/initramfs-tools-hook"), "/usr/share/initramfs-tools/hooks/bcache")
+                .host_file(&repo("initramfs/initramfs-tools-local-block"), "/usr/share/initramfs-tools/scripts/local-block/bcache")
+                .host_file(&repo("initramfs/initramfs-tools-local-premount"), "/usr/share/initramfs-tools/scripts/local-premount/bcache")
+                // the machine's own initramfs-tools configuration: its disk and root
+                // file system drivers (MODULES=most would take minutes under TCG)
+                .file("/etc/initramfs-tools/conf.d/bcache-vm.conf", "MODULES=list\nRESUME=none\n", false)
+                .file("/etc/initramfs-tools/modules", "virtio_blk\next4\n", false);
+        }
+        Builder::Dracut => {
+            for f in DRACUT_MODULE {
+                vm.host_file(&repo(&format!("initramfs/dracut/90bcachetab/{f}")), &format!("/usr/lib/dracut/modules.d/90bcachetab/{f}"));
+            }
+        }
+    }
     // as the kernel package installs it: mkinitramfs checks the compression there
     let config = vm.assets().dir.join("config");
     let release = vm.assets().release.clone();
@@ -178,6 +204,10 @@ fn build_initramfs(scratch: &Scratch, root: &Path, cache: &Path, patched: bool) 
         vm.module_override(&ko);
     }
     let layout = if patched { "raw" } else { "header" };
+    let build = match builder {
+        Builder::InitramfsTools => MKINITRAMFS,
+        Builder::Dracut => DRACUT,
+    };
     let out = vm.run(&format!(
         r#"
         check make_cache bcache make -C /dev/vdb
@@ -200,29 +230,18 @@ fn build_initramfs(scratch: &Scratch, root: &Path, cache: &Path, patched: bool) 
         section state cat /var/lib/bcache/state
         emit bcache_ko "$(modinfo -n bcache)"
         T0=$(cut -d' ' -f1 /proc/uptime)
-        # its progress (-v) with the guest's uptime, on stderr
-        mkinitramfs -v -c zstd -l 1 -o /tmp/initrd.img "$VM_KERNEL_RELEASE" 2>&1 \
-            | while IFS= read -r l; do echo "$(cut -d' ' -f1 /proc/uptime) $l"; done >&2
-        check mkinitramfs test "${{PIPESTATUS[0]}}" = 0
-        emit mkinitramfs_s "$T0 $(cut -d' ' -f1 /proc/uptime)"
-        section contents lsinitramfs /tmp/initrd.img
-        mkdir /tmp/x
-        unmkinitramfs /tmp/initrd.img /tmp/x
-        S=$(find /tmp/x -path '*/var/lib/bcache/state' | head -1)
-        section state_copy cat "$S"
-        # mkinitramfs runs only the executable scripts, those in ORDER
-        section block_order cat "$(find /tmp/x -path '*/scripts/local-block/ORDER' | head -1)"
-        section premount_order cat "$(find /tmp/x -path '*/scripts/local-premount/ORDER' | head -1)"
+        {build}
+        emit build_s "$T0 $(cut -d' ' -f1 /proc/uptime)"
         SIZE=$(stat -c %s /tmp/initrd.img)
         test "$SIZE" -le {CARRIER_SIZE} || fail "initramfs of $SIZE bytes does not fit the carrier disk"
         check carry dd if=/tmp/initrd.img of=/dev/vdc bs=1M conv=fsync status=none
         emit initrd_size "$SIZE"
         "#
     ));
-    boot_report("boot 1 (adopt, mkinitramfs)", &out);
-    if let Some((a, b)) = out.expect_value("mkinitramfs_s").split_once(' ') {
+    boot_report("boot 1 (adopt, initramfs build)", &out);
+    if let Some((a, b)) = out.expect_value("build_s").split_once(' ') {
         let (a, b): (f64, f64) = (a.parse().unwrap(), b.parse().unwrap());
-        eprintln!("mkinitramfs in the guest: {:.1} s", b - a);
+        eprintln!("initramfs build in the guest: {:.1} s", b - a);
     }
     assert_eq!(out.expect_value("bdev_state"), "dirty", "the marker is dirty in the cache");
     assert!(out.section("state").contains(&format!("layout={layout}")), "{}", out.section("state"));
@@ -230,9 +249,25 @@ fn build_initramfs(scratch: &Scratch, root: &Path, cache: &Path, patched: bool) 
         assert!(out.expect_value("bcache_ko").contains("/updates/"), "modprobe resolves the patched module: {}", out.expect_value("bcache_ko"));
     }
 
-    // What the hook put in.
+    // What the hook or module put in. Listings name a file by its path at
+    // the end of the line, or before " -> " for a symbolic link (lsinitrd).
     let contents = out.section("contents");
-    let has = |suffix: &str| contents.lines().any(|l| l.trim_end().ends_with(suffix));
+    // dracut keeps modules compressed as the kernel package ships them.
+    let has = |suffix: &str| {
+        contents.lines().any(|l| {
+            let path = l.split(" -> ").next().unwrap_or_default().trim_end();
+            let path = [".xz", ".zst", ".gz"].iter().find_map(|z| path.strip_suffix(z).filter(|p| p.ends_with(".ko"))).unwrap_or(path);
+            path.ends_with(suffix)
+        })
+    };
+    let scripts: &[&str] = match builder {
+        Builder::InitramfsTools => &["scripts/local-block/bcache", "scripts/local-premount/bcache"],
+        Builder::Dracut => &[
+            "/hooks/initqueue/settled/90-bcache-wait.sh",
+            "/hooks/initqueue/timeout/90-bcache-timeout.sh",
+            "/hooks/pre-mount/90-bcache-root.sh",
+        ],
+    };
     for f in [
         "usr/sbin/bcache",
         "usr/sbin/bcachetab-apply",
@@ -241,19 +276,24 @@ fn build_initramfs(scratch: &Scratch, root: &Path, cache: &Path, patched: bool) 
         "/udev/rules.d/95-dm-notify.rules",
         "etc/bcachetab",
         "var/lib/bcache/state",
-        "scripts/local-block/bcache",
-        "scripts/local-premount/bcache",
         "/md/dm-mod.ko",
         "/block/loop.ko",
         if patched { "/updates/bcache.ko" } else { "/md/bcache/bcache.ko" },
-    ] {
+    ]
+    .iter()
+    .chain(scripts)
+    {
         assert!(has(f), "the initramfs has no {f}:\n{contents}");
     }
-    if patched {
+    // dracut's dm module takes all of drivers/md, the stock bcache.ko with
+    // it; modprobe prefers updates/, as the root's register_raw shows.
+    if patched && builder == Builder::InitramfsTools {
         assert!(!has("/md/bcache/bcache.ko"), "the stock bcache.ko is in the initramfs beside the patched one:\n{contents}");
     }
-    for (order, script) in [("block_order", "/scripts/local-block/bcache"), ("premount_order", "/scripts/local-premount/bcache")] {
-        assert!(out.section(order).contains(script), "{script} is not run by the initramfs (not executable?):\n{}", out.section(order));
+    if builder == Builder::InitramfsTools {
+        for (order, script) in [("block_order", "/scripts/local-block/bcache"), ("premount_order", "/scripts/local-premount/bcache")] {
+            assert!(out.section(order).contains(script), "{script} is not run by the initramfs (not executable?):\n{}", out.section(order));
+        }
     }
     let copy = out.section("state_copy");
     let mut lines = copy.lines();
@@ -268,6 +308,37 @@ fn build_initramfs(scratch: &Scratch, root: &Path, cache: &Path, patched: bool) 
     std::fs::write(&img, vm::read_at(&carrier, 0, size)).unwrap();
     (img, cset)
 }
+
+/// Boot 1's initramfs build with initramfs-tools: the image, its listing,
+/// the state copy, the scripts initramfs-tools will run.
+const MKINITRAMFS: &str = r#"
+        # its progress (-v) with the guest's uptime, on stderr
+        mkinitramfs -v -c zstd -l 1 -o /tmp/initrd.img "$VM_KERNEL_RELEASE" 2>&1 \
+            | while IFS= read -r l; do echo "$(cut -d' ' -f1 /proc/uptime) $l"; done >&2
+        check mkinitramfs test "${PIPESTATUS[0]}" = 0
+        section contents lsinitramfs /tmp/initrd.img
+        mkdir /tmp/x
+        unmkinitramfs /tmp/initrd.img /tmp/x
+        S=$(find /tmp/x -path '*/var/lib/bcache/state' | head -1)
+        section state_copy cat "$S"
+        # mkinitramfs runs only the executable scripts, those in ORDER
+        section block_order cat "$(find /tmp/x -path '*/scripts/local-block/ORDER' | head -1)"
+        section premount_order cat "$(find /tmp/x -path '*/scripts/local-premount/ORDER' | head -1)"
+"#;
+
+/// The same with dracut.
+const DRACUT: &str = r#"
+        # the modules a root on an adopted disk needs, and no others (the
+        # whole default set would take far longer under TCG); its progress
+        # with the guest's uptime, on stderr
+        dracut --force --no-hostonly --no-hostonly-cmdline --no-early-microcode \
+            --modules "bash udev-rules base fs-lib rootfs-block kernel-modules bcachetab" \
+            --drivers "virtio_blk ext4" --compress "zstd -1" --kver "$VM_KERNEL_RELEASE" /tmp/initrd.img 2>&1 \
+            | while IFS= read -r l; do echo "$(cut -d' ' -f1 /proc/uptime) $l"; done >&2
+        check dracut test "${PIPESTATUS[0]}" = 0
+        section contents lsinitrd /tmp/initrd.img
+        section state_copy lsinitrd -f var/lib/bcache/state /tmp/initrd.img
+"#;
 
 /// Boots the initramfs with the root's disk and `cache` as its disks.
 fn boot_root(initrd: &Path, root: &Path, cache: &Path, root_arg: &str) -> VmOutput {
@@ -285,7 +356,7 @@ fn root_on_adopted_device(patched: bool) {
     let scratch = Scratch::new();
     let root = root_image(&scratch);
     let cache = scratch.image("cache.img", 300 * MIB);
-    let (initrd, cset) = build_initramfs(&scratch, &root, &cache, patched);
+    let (initrd, cset) = build_initramfs(&scratch, &root, &cache, patched, Builder::InitramfsTools);
 
     // Boot 2: through the initramfs, with the cache, root=UUID= (the raw disk
     // holds the same uuid: the root must still be the bcache device).
@@ -340,13 +411,62 @@ fn root_on_adopted_device(patched: bool) {
     assert!(!console.contains("Gave up waiting for root file system device"), "root=UUID= resolved at once (to the raw disk):\n{}", vm_tail(console));
 }
 
+/// The same root, booted through an initramfs that dracut built with the
+/// project's module (dracut's shell init, no systemd in the initramfs).
+fn root_on_adopted_device_dracut(patched: bool) {
+    let scratch = Scratch::new();
+    let root = root_image(&scratch);
+    let cache = scratch.image("cache.img", 300 * MIB);
+    let (initrd, cset) = build_initramfs(&scratch, &root, &cache, patched, Builder::Dracut);
+    // dracut gives up on a root that does not come after rd.retry seconds
+    // (180 by default); it then powers off instead of opening a shell.
+    let args = |root: &str| format!("{root} rd.retry=30 rd.shell=0 rd.emergency=poweroff");
+
+    // Boot 2: root=UUID= with the cache. dracut waits for
+    // /dev/disk/by-uuid/UUID, which 61-bcachetab.rules gives the bcache
+    // device only (the raw disk holds the same file system).
+    let out = boot_root(&initrd, &root, &cache, &args(&format!("root=UUID={ROOT_UUID}")));
+    boot_report("boot 2 (dracut, root=UUID=, with the cache)", &out);
+    assert_root_is_bcache(&out, patched, &cset);
+
+    // Boot 3: a blank disk where the cache was, root=/dev/bcache/root: the
+    // writeback device waits for its set, the root never comes, and the
+    // timeout hook says which device waits for what before dracut gives up.
+    let blank = scratch.image("blank.img", 300 * MIB);
+    let out = boot_root(&initrd, &root, &blank, &args("root=/dev/bcache/root"));
+    boot_report("boot 3 (dracut, root=/dev/bcache/root, cache missing)", &out);
+    if out.status.is_some() {
+        out.fail("the root came up without its writeback cache");
+    }
+    let console = &out.console;
+    assert!(console.contains("bcache: bcachetab's devices:"), "the timeout hook did not run:\n{}", vm_tail(console));
+    assert!(console.contains("waiting for cache set") && console.contains("dirty data"), "{}", vm_tail(console));
+    assert!(console.contains("Could not boot"), "dracut did not give up on the root:\n{}", vm_tail(console));
+
+    // Boot 4: root=/dev/vda, the raw disk itself, cache missing: it is there
+    // at once, and the pre-mount hook refuses to mount it (the cache may hold
+    // dirty data for it).
+    let out = boot_root(&initrd, &root, &blank, &args("root=/dev/vda"));
+    boot_report("boot 4 (dracut, root=/dev/vda, cache missing)", &out);
+    if out.status.is_some() {
+        out.fail(&format!("the raw disk was mounted as the root: / was {}", out.value("root_block").unwrap_or_default()));
+    }
+    let console = &out.console;
+    assert!(
+        console.contains("bcache: refusing to mount /dev/vda, the raw device of bcachetab line 'root\tUUID=")
+            && console.contains("Boot with root=/dev/bcache/root."),
+        "the pre-mount hook refuses the raw disk and says why:\n{}",
+        vm_tail(console)
+    );
+}
+
 /// / is the bcache device of the adopted disk, attached to its cache, with the
 /// marker that was left dirty in the cache.
 fn assert_root_is_bcache(out: &VmOutput, patched: bool, cset: &str) {
     out.assert_ok();
     let block = out.expect_value("root_block");
     assert!(block.starts_with("bcache"), "/ is {block} ({}), not a bcache device:\n{}", out.expect_value("root_dev"), out.section("mounts"));
-    assert_eq!(out.expect_value("by_name"), format!("/dev/{block}"), "/dev/bcache/root");
+    assert_eq!(out.expect_value("by_name"), format!("/dev/{block}"), "/dev/bcache/root:\n{}", out.section("links"));
     assert_eq!(out.expect_value("by_uuid"), format!("/dev/{block}"), "the file system's by-uuid link is the bcache device's");
     let backing = out.expect_value("root_backing");
     if patched {
@@ -380,11 +500,21 @@ fn patched_module_root_on_adopted_device_boots_through_initramfs_tools() {
     root_on_adopted_device(true);
 }
 
+#[test]
+fn stock_kernel_root_on_adopted_device_boots_through_dracut() {
+    root_on_adopted_device_dracut(false);
+}
+
+#[test]
+fn patched_module_root_on_adopted_device_boots_through_dracut() {
+    root_on_adopted_device_dracut(true);
+}
+
 /// The hook and the dracut module write the state copy's first line exactly as
 /// the tool recognises it (state::COPY_HEADER).
 #[test]
 fn initramfs_integrations_write_the_copy_header() {
-    for f in ["initramfs/initramfs-tools-hook", "initramfs/dracut/90bcache/module-setup.sh"] {
+    for f in ["initramfs/initramfs-tools-hook", "initramfs/dracut/90bcachetab/module-setup.sh"] {
         let text = std::fs::read_to_string(repo(f)).unwrap();
         assert!(text.contains(&format!("\"{}\"", bcache::state::COPY_HEADER)), "{f} does not write state::COPY_HEADER");
     }

@@ -1,5 +1,5 @@
 #!/bin/sh
-# dracut initqueue/settled hook (90bcache): sourced at each pass of the
+# dracut initqueue/settled hook (90bcachetab): sourced at each pass of the
 # initqueue. Without systemd in the initramfs, runs bcachetab's timeout=
 # devices whose cache set has not come once their timeout has passed
 # (under systemd the udev rule starts bcachetab-wait@.service instead).

@@ -1,5 +1,5 @@
 #!/bin/sh
-# dracut initqueue/timeout hook (90bcache): the root has not come in time;
+# dracut initqueue/timeout hook (90bcachetab): the root has not come in time;
 # say which bcachetab devices wait, and for what (a writeback device waits
 # for its cache set: it may hold dirty data).
 if [ -x /usr/sbin/bcache ] && [ -r /etc/bcachetab ]; then

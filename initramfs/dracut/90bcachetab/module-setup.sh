@@ -1,6 +1,6 @@
 #!/bin/bash
 # dracut module: bcache-tools (Rust). Installed as
-# /usr/lib/dracut/modules.d/90bcache/ (module-setup.sh, bcache-wait.sh,
+# /usr/lib/dracut/modules.d/90bcachetab/ (module-setup.sh, bcache-wait.sh,
 # bcache-timeout.sh, bcache-root.sh).
 #
 # Puts in the initramfs what it takes to boot a root file system on bcache,
@@ -18,6 +18,10 @@
 # devices wait for their set). When the root does not come, bcache-timeout.sh
 # prints `bcache tab list` (which device waits for what). bcache-root.sh
 # (pre-mount) refuses to mount a bcachetab line's raw device as the root.
+#
+# Not named "bcache": dracut ships a 90bcache of its own (formatted devices,
+# through /usr/lib/udev/probe-bcache and bcache-register, which the README
+# links to our binary); this module must not overwrite it.
 
 BCACHETAB=/etc/bcachetab
 BCACHE_STATE=/var/lib/bcache/state
@@ -70,6 +74,8 @@ install() {
 
     inst_rules 61-bcachetab.rules
     inst_simple "$BCACHETAB"
+    # bcache-root.sh quotes the root's line when it refuses the raw device
+    inst_multiple grep
     mkdir -p "$initdir${BCACHE_STATE%/*}"
     {
         echo "$BCACHE_COPY_HEADER"

@@ -1,5 +1,5 @@
 #!/bin/sh
-# dracut pre-mount hook (90bcache): never mount the raw device of a
+# dracut pre-mount hook (90bcachetab): never mount the raw device of a
 # bcachetab line as the root file system (initramfs-tools-local-premount
 # does the same for initramfs-tools). Sourced by dracut.
 #
@@ -8,8 +8,6 @@
 # root=/dev/sdX, root=PARTUUID= or a by-id link name the raw device itself,
 # which holds the same file system while its cache may hold dirty data.
 # Boot with root=/dev/bcache/NAME.
-#
-# Untested: no test boots through dracut yet.
 
 bcache_root_check() {
     local dev real props p uuid name line
