@@ -212,13 +212,14 @@ impl Resolver {
     }
 }
 
-/// The line for a device given by path: its properties are read once (as
-/// udev would give them: DEVNAME, DEVLINKS, ID_FS_*, ID_PART_ENTRY_*) and
-/// matched against every line, with no I/O per line; only then are path
-/// lines outside /dev/disk (e.g. /dev/mapper links) followed.
-pub fn entry_for_device<'t>(tab: &'t Tab, dev: &Path) -> Option<&'t Entry> {
+/// What names a device given by path, as udev would give it (DEVNAME,
+/// DEVLINKS, ID_PART_ENTRY_*, and with `probe` ID_FS_UUID and ID_FS_LABEL),
+/// read once: its canonical path and its ids. The probe reads what
+/// libblkid needs of the device (most of a process's page faults): only
+/// UUID= and LABEL= lines need it.
+pub fn device_ids(dev: &Path, probe: bool) -> Option<(PathBuf, DeviceIds)> {
     let real = fs::canonicalize(dev).ok()?;
-    let mut ids = identify(&real);
+    let mut ids = if probe { identify(&real) } else { DeviceIds::default() };
     ids.devname = Some(real.to_string_lossy().into_owned());
     for dir in ["by-id", "by-path", "by-partuuid", "by-partlabel", "by-diskseq"] {
         let dir_path = Path::new("/dev/disk").join(dir);
@@ -235,6 +236,14 @@ pub fn entry_for_device<'t>(tab: &'t Tab, dev: &Path) -> Option<&'t Entry> {
             ids.links.push(e.path().to_string_lossy().into_owned());
         }
     }
+    Some((real, ids))
+}
+
+/// The line for a device given by path: its ids ([`device_ids`]) are
+/// matched against every line, with no I/O per line; only then are path
+/// lines outside /dev/disk (e.g. /dev/mapper links) followed.
+pub fn entry_for_device<'t>(tab: &'t Tab, dev: &Path) -> Option<&'t Entry> {
+    let (real, ids) = device_ids(dev, true)?;
     tab.matching(&ids).or_else(|| {
         tab.entries
             .iter()

@@ -69,49 +69,95 @@ pub enum DeviceSpec {
     Path(PathBuf),
 }
 
-impl DeviceSpec {
-    pub fn parse(s: &str) -> Result<DeviceSpec, String> {
-        let tagged = |tag: &str| s.strip_prefix(tag).map(str::to_owned);
-        let spec = if let Some(v) = tagged("UUID=") {
-            DeviceSpec::Uuid(v.to_ascii_lowercase())
-        } else if let Some(v) = tagged("PARTUUID=") {
-            DeviceSpec::PartUuid(v.to_ascii_lowercase())
-        } else if let Some(v) = tagged("PARTLABEL=") {
-            DeviceSpec::PartLabel(v)
-        } else if let Some(v) = tagged("LABEL=") {
-            DeviceSpec::Label(v)
+/// A device field as written, borrowed from the text: what a
+/// [`DeviceSpec`] holds, without allocating (the one-device lookup reads
+/// every line's device field).
+#[derive(Debug, Clone, Copy)]
+enum SpecRef<'a> {
+    Uuid(&'a str),
+    Label(&'a str),
+    PartUuid(&'a str),
+    PartLabel(&'a str),
+    Path(&'a str),
+}
+
+impl<'a> SpecRef<'a> {
+    fn parse(s: &'a str) -> Result<SpecRef<'a>, String> {
+        let spec = if let Some(v) = s.strip_prefix("UUID=") {
+            SpecRef::Uuid(v)
+        } else if let Some(v) = s.strip_prefix("PARTUUID=") {
+            SpecRef::PartUuid(v)
+        } else if let Some(v) = s.strip_prefix("PARTLABEL=") {
+            SpecRef::PartLabel(v)
+        } else if let Some(v) = s.strip_prefix("LABEL=") {
+            SpecRef::Label(v)
         } else if s.starts_with("/dev/") {
-            return Ok(DeviceSpec::Path(PathBuf::from(s)));
+            return Ok(SpecRef::Path(s));
         } else {
             return Err(format!(
                 "'{s}' is not a device (UUID=, PARTUUID=, PARTLABEL=, LABEL= or a /dev path)"
             ));
         };
-        match &spec {
-            DeviceSpec::Uuid(v) | DeviceSpec::PartUuid(v) | DeviceSpec::PartLabel(v) | DeviceSpec::Label(v)
-                if v.is_empty() =>
-            {
+        match spec {
+            SpecRef::Uuid(v) | SpecRef::PartUuid(v) | SpecRef::PartLabel(v) | SpecRef::Label(v) if v.is_empty() => {
                 Err(format!("'{s}' names nothing"))
             }
             _ => Ok(spec),
         }
     }
 
-    /// Whether the block device `ids` describes is the one named.
-    pub fn matches(&self, ids: &DeviceIds) -> bool {
+    /// Whether the block device `ids` describes is the one named (uuids in
+    /// any case).
+    fn matches(self, ids: &DeviceIds) -> bool {
         let eq = |have: &Option<String>, want: &str, fold: bool| {
             have.as_deref().is_some_and(|v| if fold { v.eq_ignore_ascii_case(want) } else { v == want })
         };
         match self {
-            DeviceSpec::Uuid(u) => eq(&ids.fs_uuid, u, true),
-            DeviceSpec::Label(l) => eq(&ids.fs_label, l, false),
-            DeviceSpec::PartUuid(u) => eq(&ids.part_uuid, u, true),
-            DeviceSpec::PartLabel(l) => eq(&ids.part_name, l, false),
-            DeviceSpec::Path(p) => {
-                let p = p.as_os_str().as_encoded_bytes();
-                ids.devname.iter().chain(&ids.links).any(|d| d.as_bytes() == p)
-            }
+            SpecRef::Uuid(u) => eq(&ids.fs_uuid, u, true),
+            SpecRef::Label(l) => eq(&ids.fs_label, l, false),
+            SpecRef::PartUuid(u) => eq(&ids.part_uuid, u, true),
+            SpecRef::PartLabel(l) => eq(&ids.part_name, l, false),
+            SpecRef::Path(p) => ids.devname.iter().chain(&ids.links).any(|d| d == p),
         }
+    }
+
+    /// Whether two lines name the same device (the duplicate rule).
+    fn same(self, other: SpecRef) -> bool {
+        match (self, other) {
+            (SpecRef::Uuid(a), SpecRef::Uuid(b)) | (SpecRef::PartUuid(a), SpecRef::PartUuid(b)) => a.eq_ignore_ascii_case(b),
+            (SpecRef::Label(a), SpecRef::Label(b))
+            | (SpecRef::PartLabel(a), SpecRef::PartLabel(b))
+            | (SpecRef::Path(a), SpecRef::Path(b)) => a == b,
+            _ => false,
+        }
+    }
+}
+
+impl DeviceSpec {
+    pub fn parse(s: &str) -> Result<DeviceSpec, String> {
+        Ok(match SpecRef::parse(s)? {
+            SpecRef::Uuid(v) => DeviceSpec::Uuid(v.to_ascii_lowercase()),
+            SpecRef::PartUuid(v) => DeviceSpec::PartUuid(v.to_ascii_lowercase()),
+            SpecRef::PartLabel(v) => DeviceSpec::PartLabel(v.to_owned()),
+            SpecRef::Label(v) => DeviceSpec::Label(v.to_owned()),
+            SpecRef::Path(p) => DeviceSpec::Path(PathBuf::from(p)),
+        })
+    }
+
+    fn as_ref(&self) -> SpecRef<'_> {
+        match self {
+            DeviceSpec::Uuid(v) => SpecRef::Uuid(v),
+            DeviceSpec::Label(v) => SpecRef::Label(v),
+            DeviceSpec::PartUuid(v) => SpecRef::PartUuid(v),
+            DeviceSpec::PartLabel(v) => SpecRef::PartLabel(v),
+            // Made from a &str by parse: always UTF-8.
+            DeviceSpec::Path(p) => SpecRef::Path(p.to_str().unwrap_or_default()),
+        }
+    }
+
+    /// Whether the block device `ids` describes is the one named.
+    pub fn matches(&self, ids: &DeviceIds) -> bool {
+        self.as_ref().matches(ids)
     }
 }
 
@@ -272,18 +318,7 @@ pub struct Tab {
 impl Tab {
     /// Reads and parses a bcachetab; a missing file is an empty table.
     pub fn load(path: &Path) -> std::io::Result<Tab> {
-        match std::fs::read(path) {
-            // Validating UTF-8 is cheaper than the lossy conversion, which
-            // only a broken file needs.
-            Ok(bytes) => Ok(match std::str::from_utf8(&bytes) {
-                Ok(text) => Tab::parse(text, path),
-                Err(_) => Tab::parse(&String::from_utf8_lossy(&bytes), path),
-            }),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                Ok(Tab { path: path.to_owned(), ..Tab::default() })
-            }
-            Err(e) => Err(e),
-        }
+        Ok(Tab::parse(&read_text(path)?, path))
     }
 
     pub fn parse(text: &str, path: &Path) -> Tab {
@@ -356,6 +391,58 @@ impl Tab {
     /// The entry for the device `ids` describes.
     pub fn matching(&self, ids: &DeviceIds) -> Option<&Entry> {
         self.entries.iter().find(|e| e.device.matches(ids))
+    }
+
+    /// `Tab::parse(text, path).matching(ids)` for one device (a udev
+    /// event's, `bcachetab-apply DEV`'s) without parsing every line: each
+    /// line is split into fields and only those naming the device are
+    /// parsed. The first good one is the entry unless an earlier line has
+    /// its uuid, name or device; then the whole table decides, as
+    /// `parse` does. Also returns the problems of the lines naming the
+    /// device (`bcache tab check` reports the others). Parsing 1000 lines
+    /// in full for every udev event cost ten times this.
+    pub fn find_device(text: &str, path: &Path, ids: &DeviceIds) -> (Option<Entry>, Vec<TabError>) {
+        let lines: Vec<(usize, Words)> = Lines { text, line: 0 }.filter(|(_, w)| w.count > 0).collect();
+        let names_device = |w: &Words| w.count >= 2 && SpecRef::parse(w.fields[1]).is_ok_and(|s| s.matches(ids));
+        let error = |line: usize, (field, message): FieldError| TabError { path: path.to_owned(), line, field: field.to_owned(), message };
+        let mut errors = Vec::new();
+        for (k, (line, words)) in lines.iter().enumerate() {
+            if !names_device(words) {
+                continue;
+            }
+            let entry = match parse_line(words, *line) {
+                Ok(e) => e,
+                Err(e) => {
+                    errors.push(error(*line, e));
+                    continue;
+                }
+            };
+            let spec = entry.device.as_ref();
+            let shares_key = |w: &Words| {
+                (w.count >= 3 && Uuid::try_parse(w.fields[2]).is_ok_and(|u| u == entry.uuid))
+                    || entry.name.as_deref().is_some_and(|n| w.fields[0] == n)
+                    || (w.count >= 2 && SpecRef::parse(w.fields[1]).is_ok_and(|s| s.same(spec)))
+            };
+            if lines[..k].iter().any(|(_, w)| shares_key(w)) {
+                let tab = Tab::parse(text, path);
+                let naming: Vec<usize> = lines.iter().filter(|(_, w)| names_device(w)).map(|(l, _)| *l).collect();
+                let errors = tab.errors.iter().filter(|e| naming.contains(&e.line)).cloned().collect();
+                return (tab.matching(ids).cloned(), errors);
+            }
+            return (Some(entry), errors);
+        }
+        (None, errors)
+    }
+}
+
+/// A bcachetab's text; empty when the file is missing.
+pub fn read_text(path: &Path) -> std::io::Result<String> {
+    match std::fs::read(path) {
+        // Validating UTF-8 is cheaper than the lossy conversion, which only
+        // a broken file needs.
+        Ok(bytes) => Ok(String::from_utf8(bytes).unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned())),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(String::new()),
+        Err(e) => Err(e),
     }
 }
 
@@ -447,11 +534,26 @@ impl<'a> Iterator for Lines<'a> {
         self.text = rest;
         let content = memchr::memchr(b'#', raw.as_bytes()).map_or(raw, |i| &raw[..i]);
         let mut words = Words { fields: [""; 6], count: 0 };
-        for w in content.split_ascii_whitespace() {
+        let mut push = |w: &'a str| {
             if let Some(slot) = words.fields.get_mut(words.count) {
                 *slot = w;
             }
             words.count += 1;
+        };
+        let bytes = content.as_bytes();
+        // Spaces and tabs are found with memchr2 too; the rarer ASCII
+        // whitespace (the CR of a CRLF file, form feed) needs the slower
+        // general split.
+        if memchr::memchr2(b'\r', b'\x0c', bytes).is_some() {
+            content.split_ascii_whitespace().for_each(push);
+        } else {
+            let mut start = 0;
+            for end in memchr::memchr2_iter(b' ', b'\t', bytes).chain([bytes.len()]) {
+                if end > start {
+                    push(&content[start..end]);
+                }
+                start = end + 1;
+            }
         }
         Some((self.line, words))
     }
@@ -652,6 +754,48 @@ mod tests {
                 .map(|(i, l)| (i + 1, l.split_once('#').map_or(l, |(c, _)| c).split_ascii_whitespace().take(6).collect()))
                 .collect();
             proptest::prop_assert_eq!(ours, want);
+        }
+    }
+
+    proptest::proptest! {
+        /// The one-device lookup finds what the whole parse finds, over
+        /// tables full of duplicate uuids, names and devices, bad lines and
+        /// lines of other devices.
+        #[test]
+        fn find_device_agrees_with_parse(
+            lines in proptest::collection::vec(
+                (
+                    proptest::sample::select(vec!["-", "a", "b", "-x"]),
+                    proptest::sample::select(vec!["/dev/x", "/dev/y", "UUID=ab", "UUID=AB", "LABEL=l", "PARTUUID=p", "bad"]),
+                    proptest::sample::select(vec![U1, "6F1C1E0A-3B44-4E0B-9C57-1F0F0B6A7D21", U2, "zz"]),
+                    proptest::sample::select(vec!["-", U2]),
+                    proptest::sample::select(vec!["", "-", "mode=writeback", "timeout=5", "bogus", "- extra"]),
+                    0usize..4,
+                ),
+                0..8,
+            ),
+            label in proptest::option::of(proptest::sample::select(vec!["l", "m"])),
+        ) {
+            let text: String = lines
+                .iter()
+                .map(|(n, d, u, c, o, cut)| {
+                    let words = [*n, *d, *u, *c, *o];
+                    format!("{}\n", words[..words.len() - *cut].join(" "))
+                })
+                .collect();
+            let ids = DeviceIds {
+                devname: Some("/dev/x".into()),
+                fs_uuid: Some("AB".into()),
+                fs_label: label.map(str::to_owned),
+                ..DeviceIds::default()
+            };
+            let path = Path::new("/etc/bcachetab");
+            let whole = Tab::parse(&text, path);
+            let (found, errors) = Tab::find_device(&text, path, &ids);
+            proptest::prop_assert_eq!(found.as_ref(), whole.matching(&ids), "{}", text);
+            for e in &errors {
+                proptest::prop_assert!(whole.errors.contains(e), "{} not among {:?}", e, whole.errors);
+            }
         }
     }
 

@@ -100,6 +100,7 @@ fn adopt_writeback_power_cut_and_back(patched: bool) {
     carry(&mut vm2, &out);
     let out2 = vm2.run(&format!(
         r#"{RES}
+        emit apply_dev "$(res bcache tab apply /dev/vda)"
         emit apply "$(res bcache tab apply --all)"
         section list bcache tab list
         emit bcache0 "$(test -e /dev/bcache0 && echo present || echo absent)"
@@ -108,6 +109,9 @@ fn adopt_writeback_power_cut_and_back(patched: bool) {
     ));
     out2.assert_ok();
     assert_eq!(out2.expect_value("bcache0"), "absent", "a dirty device ran without its cache set");
+    // the line found from the device itself (bcachetab-apply DEV)
+    let apply_dev = out2.expect_value("apply_dev");
+    assert!(apply_dev.contains("/etc/bcachetab:") && apply_dev.contains("waiting for cache set"), "{apply_dev}");
     let list = out2.section("list");
     assert!(list.contains("waiting for cache set") && list.contains("dirty data"), "{list}");
 
@@ -120,7 +124,7 @@ fn adopt_writeback_power_cut_and_back(patched: bool) {
     let out3 = vm3.run(&format!(
         r#"{RES}
         {SAME_FILES}
-        check apply bcache tab apply --all
+        check apply bcache tab apply /dev/vda
         section list_waiting bcache tab list
         check register_cache bcache register /dev/vdb
         wait_for /dev/bcache0

@@ -136,6 +136,9 @@ pub struct FilesOnly {
 /// (stock kernels). A writeback device that may hold dirty data on its
 /// cache set waits for the set. Problems are reported as FILE:LINE and
 /// the other devices still come up; the exit status is 1 if any failed.
+/// For one device (--udev, or a single /dev path) only the lines naming
+/// it are read closely and reported: `bcache tab check` lints the whole
+/// file.
 #[derive(clap::Args, Debug)]
 pub struct ApplyArgs {
     /// Every line whose device is present.
@@ -221,22 +224,23 @@ fn env_prop(key: &str) -> Option<String> {
 
 /// `file:line: message` for a line.
 fn at(tab: &Tab, e: &Entry) -> String {
-    format!("{}:{}", tab.path.display(), e.line)
+    at_line(&tab.path, e)
+}
+
+fn at_line(tab_path: &Path, e: &Entry) -> String {
+    format!("{}:{}", tab_path.display(), e.line)
 }
 
 pub fn apply_cmd(args: &ApplyArgs) -> anyhow::Result<Outcome> {
     let env = args.files.env();
+    if let Some(outcome) = apply_one(&env, args)? {
+        return Ok(outcome);
+    }
     let tab = load_tab(&env.tab)?;
     let mut failed = report_tab_errors(&tab);
     let mut todo: Vec<(&Entry, PathBuf)> = Vec::new();
     let resolver = apply::Resolver::default();
-    if args.udev {
-        let dev = env_prop("DEVNAME").context("--udev: no DEVNAME in the environment")?;
-        match tab.matching(&DeviceIds::from_props(&env_prop)) {
-            Some(e) => todo.push((e, PathBuf::from(dev))),
-            None => return Ok(if failed { Outcome::Exit(1) } else { Outcome::Ok }),
-        }
-    } else if args.all {
+    if args.all {
         for e in &tab.entries {
             match resolver.resolve(&e.device) {
                 Some(p) => todo.push((e, p)),
@@ -265,16 +269,57 @@ pub fn apply_cmd(args: &ApplyArgs) -> anyhow::Result<Outcome> {
             }
         }
     }
+    failed |= !bring_up(&env, &tab.path, &todo);
+    Ok(if failed { Outcome::Exit(1) } else { Outcome::Ok })
+}
+
+/// `tab apply --udev` and `tab apply /dev/X`: only the lines naming the
+/// device are parsed (Tab::find_device), at every event of every disk.
+/// None when no line names it by its ids: then the whole table decides,
+/// path lines through links outside /dev/disk included.
+fn apply_one(env: &Env, args: &ApplyArgs) -> anyhow::Result<Option<Outcome>> {
+    let read = || bcachetab::read_text(&env.tab).with_context(|| format!("{}: cannot read", env.tab.display()));
+    let (dev, text, ids) = if args.udev {
+        let dev = env_prop("DEVNAME").context("--udev: no DEVNAME in the environment")?;
+        (PathBuf::from(dev), read()?, DeviceIds::from_props(&env_prop))
+    } else {
+        let [d] = args.devices.as_slice() else { return Ok(None) };
+        if args.all || !d.starts_with("/dev/") {
+            return Ok(None);
+        }
+        let text = read()?;
+        // libblkid reads the device for its file system's uuid and label
+        // (most of this process's page faults): only when a line names a
+        // device by them (PARTUUID= and PARTLABEL= count too, harmlessly).
+        let probe = ["UUID=", "LABEL="].iter().any(|t| memchr::memmem::find(text.as_bytes(), t.as_bytes()).is_some());
+        let Some((real, ids)) = apply::device_ids(Path::new(d), probe) else { return Ok(None) };
+        (real, text, ids)
+    };
+    let (entry, errors) = Tab::find_device(&text, &env.tab, &ids);
+    if entry.is_none() && !args.udev {
+        return Ok(None);
+    }
+    for e in &errors {
+        eprintln!("bcache tab: {e}");
+    }
+    let up = entry.is_none_or(|e| bring_up(env, &env.tab, &[(&e, dev)]));
+    Ok(Some(if up && errors.is_empty() { Outcome::Ok } else { Outcome::Exit(1) }))
+}
+
+/// Brings up each line's device, reporting each; false when one failed.
+fn bring_up(env: &Env, tab_path: &Path, todo: &[(&Entry, PathBuf)]) -> bool {
+    let mut ok = true;
     for (e, path) in todo {
-        match apply::bring_up(&env, e, &path) {
-            Ok(st) => println!("{}: {}: {st}", at(&tab, e), path.display()),
+        let at = at_line(tab_path, e);
+        match apply::bring_up(env, e, path) {
+            Ok(st) => println!("{at}: {}: {st}", path.display()),
             Err(err) => {
-                eprintln!("bcache tab apply: {}: {}: {err}", at(&tab, e), path.display());
-                failed = true;
+                eprintln!("bcache tab apply: {at}: {}: {err}", path.display());
+                ok = false;
             }
         }
     }
-    Ok(if failed { Outcome::Exit(1) } else { Outcome::Ok })
+    ok
 }
 
 /// The line a command-line argument names: its name, its bcache uuid, or
