@@ -298,6 +298,14 @@ fn guest(patched: bool, uuid_variant: bool, runs: usize, rounds: usize) {
         done
         {uuid_part}
         emit load_after "$(cut -d' ' -f1-3 /proc/loadavg)"
+        # System calls of one run each (not timed)
+        $DOWN_OURS
+        strace -f -c -o /root/s-ours bcachetab-apply /dev/vda > /dev/null
+        emit syscalls_ours "$(awk '/total/ {{ print $4 }}' /root/s-ours)"
+        /root/down-raw vdb
+        strace -f -c -o /root/s-c /opt/c-tools/bcache-register /dev/vdb
+        emit syscalls_c "$(awk '/total/ {{ print $4 }}' /root/s-c)"
+        section strace_ours cat /root/s-ours
         "#
     );
     let host_before = load();
@@ -316,6 +324,12 @@ fn guest(patched: bool, uuid_variant: bool, runs: usize, rounds: usize) {
         &pooled,
         "ours: bcachetab-apply DEV",
         "C: bcache-register DEV",
+    );
+    println!(
+        "\nsystem calls of one run (strace -c): ours {}, C {}\n\n{}",
+        out.value("syscalls_ours").unwrap_or_default(),
+        out.value("syscalls_c").unwrap_or_default(),
+        out.section("strace_ours")
     );
     if uuid_variant {
         let p = pool(&out.sections("uuid_json"));

@@ -5,6 +5,7 @@
 use std::cell::OnceCell;
 use std::fs;
 use std::io;
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
@@ -219,12 +220,16 @@ impl Resolver {
 /// UUID= and LABEL= lines need it.
 pub fn device_ids(dev: &Path, probe: bool) -> Option<(PathBuf, DeviceIds)> {
     let real = fs::canonicalize(dev).ok()?;
+    // A link is the device's when it leads to the same inode: one stat,
+    // where resolving each link's path took a readlink per component.
+    let inode = |p: &Path| fs::metadata(p).ok().map(|m| (m.dev(), m.ino()));
+    let this = inode(&real)?;
     let mut ids = if probe { identify(&real) } else { DeviceIds::default() };
     ids.devname = Some(real.to_string_lossy().into_owned());
     for dir in ["by-id", "by-path", "by-partuuid", "by-partlabel", "by-diskseq"] {
         let dir_path = Path::new("/dev/disk").join(dir);
         for e in fs::read_dir(&dir_path).into_iter().flatten().flatten() {
-            if fs::canonicalize(e.path()).ok().as_ref() != Some(&real) {
+            if inode(&e.path()) != Some(this) {
                 continue;
             }
             let name = e.file_name().to_string_lossy().into_owned();
@@ -296,11 +301,14 @@ fn device_lock(env: &Env, uuid: &Uuid) -> Result<state::Lock, ApplyError> {
 /// The device registered for an entry, if any: the device itself (raw),
 /// or the dm device of its header.
 fn registered_as(env: &Env, entry: &Entry, dev: &Device) -> Option<(PathBuf, u64)> {
-    if let Some((path, rdev)) = header::find(&entry.uuid) {
-        return Some((path, rdev));
+    // The device itself first: one stat in sysfs, where the header's
+    // lookup opens device-mapper's control device and asks it.
+    if let Some(rdev) = dev.rdev() {
+        if matches!(env.sysfs.registered(rdev), Some(Registered::Backing(_))) {
+            return Some((dev.path().to_owned(), rdev));
+        }
     }
-    let rdev = dev.rdev()?;
-    matches!(env.sysfs.registered(rdev), Some(Registered::Backing(_))).then(|| (dev.path().to_owned(), rdev))
+    header::find(&entry.uuid)
 }
 
 /// Registers the device of `entry` (found at `path`) unless it already is,

@@ -298,3 +298,38 @@ fn bad_bcachetab_lines_are_reported_and_the_rest_applied() {
         assert!(&std::fs::read(d).unwrap() == b, "{} changed", d.display());
     }
 }
+
+/// `bcachetab-apply DEV` finds the line that names DEV through a link
+/// (the /dev/disk/by-id form `bcache adopt` prefers), whether DEV is the
+/// device or the link, and not a line naming another device's link.
+#[test]
+fn device_argument_finds_its_line_through_a_link() {
+    let scratch = Scratch::new();
+    let (mine, other) = (scratch.image("mine.img", 64 * MIB), scratch.image("other.img", 64 * MIB));
+    let mut vm = guest(true);
+    vm.disk(&mine).disk(&other).file(
+        "/etc/bcachetab",
+        "other /dev/disk/by-id/virtio-other 4e4e4e4e-0000-4000-8000-000000000001 - -\n\
+         mine  /dev/disk/by-id/virtio-mine  4e4e4e4e-0000-4000-8000-000000000002 - -\n",
+        false,
+    );
+    let out = vm.run(&format!(
+        r#"{RES}
+        # the links udev would make (no udev in this guest)
+        mkdir -p /dev/disk/by-id
+        ln -s ../../vda /dev/disk/by-id/virtio-mine
+        ln -s ../../vdb /dev/disk/by-id/virtio-other
+        emit by_device "$(res bcache tab apply /dev/vda)"
+        emit by_link "$(res bcache tab apply /dev/disk/by-id/virtio-mine)"
+        emit mine "$(test -e /sys/block/vda/bcache && echo registered || echo not)"
+        emit other "$(test -e /sys/block/vdb/bcache && echo registered || echo not)"
+        "#
+    ));
+    out.assert_ok();
+    let by_device = out.expect_value("by_device");
+    assert!(by_device.starts_with("/etc/bcachetab:2: /dev/vda: up: /dev/bcache") && by_device.ends_with("status=0"), "{by_device}");
+    let by_link = out.expect_value("by_link");
+    assert!(by_link.starts_with("/etc/bcachetab:2: /dev/vda: up: /dev/bcache") && by_link.ends_with("status=0"), "{by_link}");
+    assert_eq!(out.expect_value("mine"), "registered");
+    assert_eq!(out.expect_value("other"), "not", "the other line's device was brought up");
+}
