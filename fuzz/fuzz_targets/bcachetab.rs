@@ -1,8 +1,9 @@
 //! Arbitrary text as bcachetab and as the state file.
 //!
 //! Parsing never panics; every line kept prints as a line that parses back
-//! to the same entry; the state file round-trips; the dirty-data rules
-//! answer for every entry and record without a panic.
+//! to the same entry; the one-device lookup finds what the whole parse
+//! finds; the state file round-trips; the dirty-data rules answer for every
+//! entry and record without a panic.
 
 #![no_main]
 
@@ -11,7 +12,7 @@ use std::path::Path;
 use libfuzzer_sys::fuzz_target;
 
 use bcache::apply::registration;
-use bcache::bcachetab::Tab;
+use bcache::bcachetab::{DeviceIds, DeviceSpec, Tab};
 use bcache::state::State;
 
 fuzz_target!(|data: &[u8]| {
@@ -23,6 +24,18 @@ fuzz_target!(|data: &[u8]| {
         assert_eq!(again.entries.len(), 1);
         let back = &again.entries[0];
         assert_eq!((&back.name, &back.device, back.uuid, back.cset, &back.options), (&e.name, &e.device, e.uuid, e.cset, &e.options));
+    }
+    for e in tab.entries.iter().take(8) {
+        let mut ids = DeviceIds::default();
+        match &e.device {
+            DeviceSpec::Path(p) => ids.devname = Some(p.to_string_lossy().into_owned()),
+            DeviceSpec::Uuid(v) => ids.fs_uuid = Some(v.to_ascii_uppercase()),
+            DeviceSpec::Label(v) => ids.fs_label = Some(v.clone()),
+            DeviceSpec::PartUuid(v) => ids.part_uuid = Some(v.clone()),
+            DeviceSpec::PartLabel(v) => ids.part_name = Some(v.clone()),
+        }
+        let (found, _) = Tab::find_device(&text, Path::new("fuzz"), &ids);
+        assert_eq!(found.as_ref(), tab.matching(&ids), "lookup of {}", e.device);
     }
     if let Ok(state) = State::parse(&text, Path::new("fuzz")) {
         let again = State::parse(&state.to_string(), Path::new("again")).expect("a saved state parses");
