@@ -401,12 +401,7 @@ fn root_on_adopted_device(patched: bool) {
         out.fail(&format!("the root came up without its writeback cache: / was {}", out.value("root_block").unwrap_or_default()));
     }
     let console = &out.console;
-    assert!(
-        console.contains("bcache: refusing to mount /dev/vda, the raw device of bcachetab line 'root\tUUID=")
-            && console.contains("Boot with root=/dev/bcache/root."),
-        "the local-premount script refuses the raw disk and says why:\n{}",
-        vm_tail(console)
-    );
+    assert_raw_root_refused(console, "the local-premount script");
     assert!(console.contains("waiting for cache set") && console.contains("dirty data"), "{}", vm_tail(console));
     assert!(!console.contains("Gave up waiting for root file system device"), "root=UUID= resolved at once (to the raw disk):\n{}", vm_tail(console));
 }
@@ -451,11 +446,16 @@ fn root_on_adopted_device_dracut(patched: bool) {
     if out.status.is_some() {
         out.fail(&format!("the raw disk was mounted as the root: / was {}", out.value("root_block").unwrap_or_default()));
     }
-    let console = &out.console;
+    assert_raw_root_refused(&out.console, "the pre-mount hook");
+}
+
+/// `script` refused to mount the raw disk /dev/vda as the root, and said
+/// which line it belongs to and what to boot with instead.
+fn assert_raw_root_refused(console: &str, script: &str) {
     assert!(
         console.contains("bcache: refusing to mount /dev/vda, the raw device of bcachetab line 'root\tUUID=")
             && console.contains("Boot with root=/dev/bcache/root."),
-        "the pre-mount hook refuses the raw disk and says why:\n{}",
+        "{script} refuses the raw disk and says why:\n{}",
         vm_tail(console)
     );
 }
