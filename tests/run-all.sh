@@ -5,6 +5,20 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+# Boots made again after a guest kernel crash outside the project
+# (tests/vm/README.md): listed at the end, whether the tests passed or not.
+retries="${CARGO_TARGET_DIR:-target}/tmp/vm-retries.log"
+rm -f "$retries"
+report_retries() {
+    if [ -s "$retries" ]; then
+        echo "VM boots made again after a guest kernel crash outside bcache and dm ($(wc -l < "$retries")):"
+        cat "$retries"
+    else
+        echo "VM boots made again after a guest kernel crash: none"
+    fi
+}
+trap report_retries EXIT
+
 tests/vm/fetch-assets.sh
 # The register_raw module for the guest's kernel (target/kernel/RELEASE).
 kernel/build.sh "$(cat "${BCACHE_VM_CACHE:-${HOME:-/root}/.cache/bcache-tools-vm}/kernel-release")"

@@ -182,3 +182,59 @@ fn hung_guest_times_out() {
     assert!(msg.contains("+ sleep 600"), "the report shows the trace: {msg}");
     assert!(elapsed < Duration::from_secs(90), "took {elapsed:?}");
 }
+
+/// What a boot that crashed before its scenario left, with this console.
+fn crashed_boot(console: &str) -> vm::VmOutput {
+    vm::VmOutput {
+        console: console.to_string(),
+        stdout: String::new(),
+        stderr: String::new(),
+        dmesg: String::new(),
+        status: None,
+        qemu_log: String::new(),
+        elapsed: Duration::from_secs(9),
+        initramfs_build: Duration::ZERO,
+        kernel_release: "6.12.117+deb12-amd64".into(),
+        run_dir: None,
+        scenario_start: None,
+    }
+}
+
+/// The end of the console of the boot that failed CI at stop 6 (vm_udev_smoke,
+/// boot 2, 8.9 s into a systemd boot, bcache not yet loaded).
+const STOP6_CONSOLE: &str = "\
+[    8.868827]  __d_alloc+0x2b/0x210
+[    8.868845]  d_alloc_parallel+0x60/0x450
+[    8.869276]  entry_SYSCALL_64_after_hwframe+0x76/0x7e
+[    8.869380] Modules linked in: ip_tables(E) x_tables(E) autofs4(E) ext4(E) mbcache(E) crc16(E) jbd2(E) crc32c_generic(E) overlay(E) 9pnet_virtio(E) 9p(E) 9pnet(E) netfs(E) virtio_blk(E)
+[    8.869764] ---[ end trace 0000000000000000 ]---
+[    8.869823] RIP: 0010:kmem_cache_alloc_lru_noprof+0xca/0x300
+[    8.870030] Kernel panic - not syncing: Fatal exception in interrupt
+";
+
+/// Regression (CI of stop 6): a guest kernel crash with neither bcache nor dm
+/// loaded, before the scenario, is the emulator's or the kernel's, and the boot is
+/// made again; any sign that the project's code was running keeps it a failure.
+#[test]
+fn stop6_crash_before_the_scenario_without_bcache_is_booted_again() {
+    let out = crashed_boot(STOP6_CONSOLE);
+    let why = out.crash_outside_the_project().expect("the stop 6 crash is outside the project");
+    assert!(why.contains("no bcache or dm module loaded") && why.ends_with("Kernel panic - not syncing: Fatal exception in interrupt"), "{why}");
+
+    let int3 = "[    1.92] Oops: int3: 0000 [#1] PREEMPT SMP NOPTI\n[    1.93] Modules linked in:\n[    1.94] Kernel panic - not syncing: Fatal exception\n";
+    let why = crashed_boot(int3).crash_outside_the_project().expect("a crash with no module loaded");
+    assert!(why.ends_with("Oops: int3: 0000 [#1] PREEMPT SMP NOPTI"), "the first line of the report is named: {why}");
+
+    for module in ["bcache(E)", "dm_mod(E)", "dm_bufio", "bcache"] {
+        let console = STOP6_CONSOLE.replace("virtio_blk(E)", &format!("virtio_blk(E) {module}"));
+        assert_eq!(crashed_boot(&console).crash_outside_the_project(), None, "a crash with {module} loaded must fail the test");
+    }
+    let mut started = crashed_boot(STOP6_CONSOLE);
+    started.scenario_start = Some(7.5);
+    assert_eq!(started.crash_outside_the_project(), None, "a crash during the scenario must fail the test");
+    let mut reported = crashed_boot(STOP6_CONSOLE);
+    reported.status = Some(0);
+    assert_eq!(reported.crash_outside_the_project(), None, "a scenario that reported its status did not crash before it");
+    let no_oops = "[    9.1] Kernel panic - not syncing: Attempted to kill init! exitcode=0x00000100\n";
+    assert_eq!(crashed_boot(no_oops).crash_outside_the_project(), None, "a panic with no Oops report (init died) must fail the test");
+}

@@ -6,7 +6,8 @@
 #   /dev/vm-err   stderr of the scenario (and its `set -x` trace)
 #   /dev/vm-meta  written by this script after the scenario: the guest's dmesg
 #                 between "@@DMESG-BEGIN" and "@@DMESG-END", then "@@STATUS N"
-# The serial console (ttyS0) carries the kernel's messages and this script's own.
+# The serial console (ttyS0) carries the kernel's messages and this script's own,
+# "@@SCENARIO-START <uptime>" among them.
 # A virtio port can be open in one process at a time (EBUSY otherwise); the
 # scenario inherits out and err as its stdout and stderr.
 #
@@ -81,6 +82,8 @@ while read -r ko; do
     fi
 done < /lib/modules/load-order
 
+# the host tells a crash at boot from one in the scenario by this line
+echo "@@SCENARIO-START $(cut -d' ' -f1 /proc/uptime)" > /dev/console
 cd /tmp || finish 124
 sh /usr/lib/bcache-vm/run-scenario.sh < /dev/null > /dev/vm-out 2> /dev/vm-err
 finish $?
