@@ -128,6 +128,24 @@ fn adopt_power_cut_reboot(patched: bool) {
     let mut vm3 = guest(&system, patched);
     vm3.disk(&ext4).disk(&xfs).disk(&cache).file("/root/late.bin", late, false);
     expect_files(&mut vm3);
+    // A raw registration's state changes come as change events on the raw
+    // disk (BCACHE_RAW): recorded in the state file (nothing else writes the
+    // mode there when sysfs is written directly), the disk kept hidden.
+    let raw_event = if !patched {
+        ""
+    } else {
+        r#"
+        echo writearound > /sys/block/$(basename $E)/bcache/cache_mode
+        check mode_recorded wait_until 60 grep -q 'mode=writearound' /var/lib/bcache/state
+        udevadm settle
+        emit vda_ready_after "$(udevadm info -q property -n /dev/vda | grep '^SYSTEMD_READY=' || true)"
+        emit vda_links_after "$(udevadm info -q symlink -n /dev/vda)"
+        check_eq ext4_by_uuid_after $E "$(readlink -f /dev/disk/by-uuid/{EXT4_UUID})"
+        echo writethrough > /sys/block/$(basename $E)/bcache/cache_mode
+        check mode_back wait_until 60 grep -q 'mode=writethrough' /var/lib/bcache/state
+        "#
+    };
+    let raw_event = raw_event.replace("{EXT4_UUID}", EXT4_UUID);
     let out3 = vm3.run(&format!(
         r#"{SAME_FILES}
         udevadm settle
@@ -152,6 +170,7 @@ fn adopt_power_cut_reboot(patched: bool) {
         check change_event udevadm trigger --settle --action=change $E
         emit e_links_after "$(udevadm info -q symlink -n $E | tr ' ' '\n' | grep ^bcache/ | sort | tr '\n' ' ')"
         check_eq name_link_after_change $E "$(readlink -f /dev/bcache/e)"
+        {raw_event}
         emit cutoff "$(cat /sys/block/$(basename $(readlink -f /dev/bcache/x))/bcache/writeback_percent)"
         emit registered "$(dmesg | grep -c 'registered backing device' || true)"
         "#
@@ -166,6 +185,11 @@ fn adopt_power_cut_reboot(patched: bool) {
     let before = out3.expect_value("e_links_before");
     assert_eq!(before.split_whitespace().count(), 3, "the bcache device's links: {before}");
     assert_eq!(out3.expect_value("e_links_after"), before, "links after a change event without CACHED_UUID");
+    if patched {
+        assert_eq!(out3.expect_value("vda_ready_after"), "SYSTEMD_READY=0", "the raw disk is hidden after it");
+        let set = |key: &str| out3.expect_value(key).split_whitespace().collect::<std::collections::BTreeSet<_>>();
+        assert_eq!(set("vda_links_after"), set("vda_links"), "the raw disk's links after it");
+    }
     assert_eq!(out3.expect_value("cutoff"), "40", "tunables from bcachetab are applied at boot");
     assert_eq!(out3.expect_value("registered"), "2", "each device registered once");
 }
