@@ -7,7 +7,9 @@ cd "$(dirname "$0")/.."
 
 # Boots made again after a guest kernel crash outside the project
 # (tests/vm/README.md): listed at the end, whether the tests passed or not.
-retries="${CARGO_TARGET_DIR:-target}/tmp/vm-retries.log"
+export BCACHE_VM_RETRY_LOG="$PWD/target/vm-retries.log"
+retries=$BCACHE_VM_RETRY_LOG
+mkdir -p target
 rm -f "$retries"
 report_retries() {
     if [ -s "$retries" ]; then

@@ -130,17 +130,20 @@ fn adopt_power_cut_reboot(patched: bool) {
     expect_files(&mut vm3);
     // A raw registration's state changes come as change events on the raw
     // disk (BCACHE_RAW): recorded in the state file (nothing else writes the
-    // mode there when sysfs is written directly), the disk kept hidden.
+    // mode there when sysfs is written directly), the disk kept hidden by what
+    // udev's database holds (bcachetab is moved away: a match would find no line).
     let raw_event = if !patched {
         ""
     } else {
         r#"
+        mv /etc/bcachetab /etc/bcachetab.aside
         echo writearound > /sys/block/$(basename $E)/bcache/cache_mode
         check mode_recorded wait_until 60 grep -q 'mode=writearound' /var/lib/bcache/state
         udevadm settle
         emit vda_ready_after "$(udevadm info -q property -n /dev/vda | grep '^SYSTEMD_READY=' || true)"
         emit vda_links_after "$(udevadm info -q symlink -n /dev/vda)"
         check_eq ext4_by_uuid_after $E "$(readlink -f /dev/disk/by-uuid/{EXT4_UUID})"
+        mv /etc/bcachetab.aside /etc/bcachetab
         echo writethrough > /sys/block/$(basename $E)/bcache/cache_mode
         check mode_back wait_until 60 grep -q 'mode=writethrough' /var/lib/bcache/state
         "#

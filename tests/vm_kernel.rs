@@ -356,7 +356,8 @@ fn caches_need_more_than_512_buckets() {
     // fills free_inc on another CPU in between journals with none: a NULL
     // dereference in bch_journal, seen once here. A 513-bucket cache (free list of 1)
     // reaches that point at once. With one CPU and no preemption point in that
-    // window, the allocator cannot run inside it.
+    // window (Debian's kernel defaults to voluntary preemption; preempt=full
+    // would reopen it), the allocator cannot run inside it.
     vm.cpus(1).disk(&small).disk(&big);
     let out = vm.run(&scenario(
         r#"

@@ -235,6 +235,11 @@ fn stop6_crash_before_the_scenario_without_bcache_is_booted_again() {
     let mut reported = crashed_boot(STOP6_CONSOLE);
     reported.status = Some(0);
     assert_eq!(reported.crash_outside_the_project(), None, "a scenario that reported its status did not crash before it");
+    let mut traced = crashed_boot(STOP6_CONSOLE);
+    traced.stderr = "+ bcache make -C /dev/vda\n".into();
+    assert_eq!(traced.crash_outside_the_project(), None, "a scenario that wrote its trace had started (its start line may be lost)");
+    let warn_only = STOP6_CONSOLE.replace("Kernel panic - not syncing: Fatal exception in interrupt", "WARNING: CPU: 0 PID: 1 at mm/slub.c:1 x");
+    assert_eq!(crashed_boot(&warn_only).crash_outside_the_project(), None, "a report that did not end in a panic did not end the boot");
     let no_oops = "[    9.1] Kernel panic - not syncing: Attempted to kill init! exitcode=0x00000100\n";
     assert_eq!(crashed_boot(no_oops).crash_outside_the_project(), None, "a panic with no Oops report (init died) must fail the test");
 }

@@ -40,7 +40,8 @@
 //!
 //! Environment: BCACHE_VM_CACHE (assets), BCACHE_VM_TIMEOUT (seconds, default 300),
 //! BCACHE_VM_QEMU (qemu-system-x86_64 to use), BCACHE_VM_KEEP=1 (keep each run's
-//! directory: initramfs, logs, QEMU command line), BCACHE_VM_TRACE=0 (no `set -x`).
+//! directory: initramfs, logs, QEMU command line), BCACHE_VM_TRACE=0 (no `set -x`),
+//! BCACHE_VM_RETRY_LOG (where boots made again after a crash are listed, [`retry_log`]).
 
 #![allow(dead_code)]
 
@@ -702,8 +703,9 @@ impl Vm {
         let logs = first.save_logs().map(|p| p.display().to_string()).unwrap_or_else(|| "not saved".into());
         let test = std::thread::current().name().unwrap_or("?").to_string();
         eprintln!("vm: {why}; booting again, once (logs of the crashed boot: {logs})");
+        // one write: tests in parallel append to the same file
         if let Ok(mut f) = fs::OpenOptions::new().create(true).append(true).open(retry_log()) {
-            let _ = writeln!(f, "{test}: {why} (logs: {logs})");
+            let _ = f.write_all(format!("{test}: {why} (logs: {logs})\n").as_bytes());
         }
         self.boot_once(script)
     }
@@ -1203,13 +1205,18 @@ impl VmOutput {
     }
 
     /// Why the guest kernel crashed with none of the project's code in it, if it did:
-    /// an Oops or BUG report on the console, before the scenario started, with neither
-    /// bcache nor device-mapper among the loaded modules. The project reaches the
-    /// kernel only through those two (the busybox guest loads both before its
+    /// an Oops or BUG report on the console that ended in a panic, before the
+    /// scenario started (no start line, nothing on its stdout or stderr: the marker
+    /// goes through the console's tty buffer, which a panic may not flush), with
+    /// neither bcache nor device-mapper among the loaded modules. The project reaches
+    /// the kernel only through those two (the busybox guest loads both before its
     /// scenario; a Debian guest loads them when udev or the scenario asks), so such a
     /// crash is the emulator's or the distribution kernel's, not a finding.
     pub fn crash_outside_the_project(&self) -> Option<String> {
-        if self.status.is_some() || self.scenario_start.is_some() {
+        if self.status.is_some() || self.scenario_start.is_some() || !self.stdout.is_empty() || !self.stderr.is_empty() {
+            return None;
+        }
+        if !self.console.contains("Kernel panic - not syncing") {
             return None;
         }
         let lists: Vec<&str> = self.console.lines().filter_map(|l| l.split_once("Modules linked in:").map(|(_, m)| m)).collect();
@@ -1400,9 +1407,13 @@ fn target_tmp() -> Option<PathBuf> {
 }
 
 /// Where [`Vm::run_unchecked`] records the boots it made again after a crash outside
-/// the project: one line each (test, crash, logs); tests/run-all.sh prints it.
+/// the project: one line each (test, crash, logs). tests/run-all.sh names the file
+/// (BCACHE_VM_RETRY_LOG) and prints it; else vm-retries.log in cargo's target tmp dir.
 pub fn retry_log() -> PathBuf {
-    target_tmp().unwrap_or_else(std::env::temp_dir).join("vm-retries.log")
+    match std::env::var_os("BCACHE_VM_RETRY_LOG") {
+        Some(p) => PathBuf::from(p),
+        None => target_tmp().unwrap_or_else(std::env::temp_dir).join("vm-retries.log"),
+    }
 }
 
 fn keep_runs() -> bool {
