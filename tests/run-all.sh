@@ -8,13 +8,12 @@ cd "$(dirname "$0")/.."
 # Boots made again after a guest kernel crash outside the project
 # (tests/vm/README.md): listed at the end, whether the tests passed or not.
 export BCACHE_VM_RETRY_LOG="$PWD/target/vm-retries.log"
-retries=$BCACHE_VM_RETRY_LOG
 mkdir -p target
-rm -f "$retries"
+rm -f "$BCACHE_VM_RETRY_LOG"
 report_retries() {
-    if [ -s "$retries" ]; then
-        echo "VM boots made again after a guest kernel crash outside bcache and dm ($(wc -l < "$retries")):"
-        cat "$retries"
+    if [ -s "$BCACHE_VM_RETRY_LOG" ]; then
+        echo "VM boots made again after a guest kernel crash outside bcache and dm ($(wc -l < "$BCACHE_VM_RETRY_LOG")):"
+        cat "$BCACHE_VM_RETRY_LOG"
     else
         echo "VM boots made again after a guest kernel crash: none"
     fi

@@ -133,9 +133,10 @@ fn adopt_power_cut_reboot(patched: bool) {
     // mode there when sysfs is written directly), the disk kept hidden by what
     // udev's database holds (bcachetab is moved away: a match would find no line).
     let raw_event = if !patched {
-        ""
+        String::new()
     } else {
-        r#"
+        format!(
+            r#"
         mv /etc/bcachetab /etc/bcachetab.aside
         echo writearound > /sys/block/$(basename $E)/bcache/cache_mode
         check mode_recorded wait_until 60 grep -q 'mode=writearound' /var/lib/bcache/state
@@ -147,8 +148,8 @@ fn adopt_power_cut_reboot(patched: bool) {
         echo writethrough > /sys/block/$(basename $E)/bcache/cache_mode
         check mode_back wait_until 60 grep -q 'mode=writethrough' /var/lib/bcache/state
         "#
+        )
     };
-    let raw_event = raw_event.replace("{EXT4_UUID}", EXT4_UUID);
     let out3 = vm3.run(&format!(
         r#"{SAME_FILES}
         udevadm settle

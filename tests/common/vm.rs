@@ -1223,13 +1223,14 @@ impl VmOutput {
         if lists.is_empty() {
             return None; // a panic without an Oops report (init died, no root): not a crash to wave through
         }
-        let ours = |m: &str| m == "bcache" || m == "dm_mod" || m.starts_with("dm_");
+        let ours = |m: &str| m == "bcache" || m.starts_with("dm_");
         let loaded = || lists.iter().flat_map(|l| l.split_whitespace()).map(|m| m.split('(').next().unwrap_or(m).trim_matches(|c| c == '[' || c == ']'));
         if loaded().any(ours) {
             return None;
         }
-        let first = self.console.lines().find(|l| CRASH_MARKERS.iter().any(|m| l.contains(m))).unwrap_or("Modules linked in:");
-        Some(format!("the guest kernel crashed before the scenario started, with no bcache or dm module loaded: {}", first.trim()))
+        let report = self.first_crash()?;
+        let head = report.lines().next().unwrap_or_default().trim();
+        Some(format!("the guest kernel crashed before the scenario started, with no bcache or dm module loaded: {head}"))
     }
 
     /// The console from its first kernel crash report on (None without one): the
