@@ -7,6 +7,7 @@
 use std::fs;
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
 use uuid::Uuid;
 
@@ -32,8 +33,44 @@ pub enum SysfsError {
     NoRegisterRaw,
     #[error("no cache set {0} is registered")]
     NoSuchSet(Uuid),
+    #[error("{dev}: {why}")]
+    NotReleased { dev: String, why: String },
     #[error("{}: {}", .0.display(), os_error_text(.1))]
     Io(PathBuf, io::Error),
+}
+
+/// How long a stop or unregister waits for the kernel to let go: the
+/// sysfs write only queues the teardown, which finishes in kernel workers
+/// (and, for a cache set, after its backing devices have detached), slow
+/// under TCG or load.
+pub const RELEASE_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// What a cache set is asked to do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SetAction {
+    /// `stop`: the set and the backing devices attached to it stop.
+    Stop,
+    /// `unregister`: the set stops; its backing devices are detached and
+    /// stay registered.
+    Unregister,
+}
+
+impl SetAction {
+    pub fn attr(self) -> &'static str {
+        match self {
+            SetAction::Stop => "stop",
+            SetAction::Unregister => "unregister",
+        }
+    }
+}
+
+/// A device a stop must see released: its bcache directory gone, and its
+/// node (when known) openable exclusively, which is what `register` and
+/// `make` need.
+#[derive(Debug, Clone)]
+struct Member {
+    dir: PathBuf,
+    node: Option<PathBuf>,
 }
 
 /// The kernel's sysfs as seen from a root directory.
@@ -180,6 +217,114 @@ impl Sysfs {
             .map_err(|e| SysfsError::Io(file.to_owned(), e))
     }
 
+    /// Stops what bcache holds on `dev` and returns once the kernel has let
+    /// go of it: a backing device is stopped, a cache device's set gets
+    /// `action`.
+    pub fn release(&self, dev: &Path, reg: &Registered, action: SetAction) -> Result<(), SysfsError> {
+        self.release_within(dev, reg, action, RELEASE_TIMEOUT)
+    }
+
+    fn release_within(
+        &self,
+        dev: &Path,
+        reg: &Registered,
+        action: SetAction,
+        timeout: Duration,
+    ) -> Result<(), SysfsError> {
+        let name = dev.display().to_string();
+        let given = |dir: &Path| Member { dir: dir.to_owned(), node: Some(dev.to_owned()) };
+        match reg {
+            Registered::Backing(dir) => {
+                self.write(&name, &dir.join("stop"), "1")?;
+                self.wait_released(&name, "stop", None, &[given(dir)], timeout)
+            }
+            Registered::Cache { set: Some(set), dir } => {
+                self.release_set_within(&name, set, action, Some(given(dir)), timeout)
+            }
+            Registered::Cache { set: None, dir } => Err(SysfsError::Refused {
+                dev: name,
+                reason: format!(
+                    "a cache device without a cache set ({} has no set link): its set is still \
+                     starting or stopping; try again in a moment",
+                    dir.display()
+                ),
+            }),
+        }
+    }
+
+    /// Stops or unregisters a cache set and returns once the kernel has
+    /// let go of its cache devices (and, for `stop`, of its backing
+    /// devices).
+    pub fn release_set(&self, set: &Uuid, action: SetAction) -> Result<(), SysfsError> {
+        self.release_set_within(&set.hyphenated().to_string(), set, action, None, RELEASE_TIMEOUT)
+    }
+
+    fn release_set_within(
+        &self,
+        name: &str,
+        set: &Uuid,
+        action: SetAction,
+        given: Option<Member>,
+        timeout: Duration,
+    ) -> Result<(), SysfsError> {
+        let dir = self.set_dir(set)?;
+        // Read before the write: the links go with the set.
+        let mut members = self.set_members(&dir, action == SetAction::Stop);
+        members.extend(given);
+        self.write(name, &dir.join(action.attr()), "1")?;
+        self.wait_released(name, action.attr(), Some((set, &dir)), &members, timeout)
+    }
+
+    /// The cache devices of a set (and its backing devices with
+    /// `backing`), from its `cacheN` and `bdevN` links.
+    fn set_members(&self, set_dir: &Path, backing: bool) -> Vec<Member> {
+        let Ok(entries) = fs::read_dir(set_dir) else { return Vec::new() };
+        let mut members = Vec::new();
+        for e in entries.flatten() {
+            let file = e.file_name();
+            let Some(file) = file.to_str() else { continue };
+            let numbered = |prefix: &str| {
+                file.strip_prefix(prefix).is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
+            };
+            if !(numbered("cache") || backing && numbered("bdev")) {
+                continue;
+            }
+            // The link leads to BLOCKDEV/bcache; BLOCKDEV/uevent names the node.
+            let Ok(dir) = fs::canonicalize(e.path()) else { continue };
+            let node = dir
+                .parent()
+                .and_then(|blk| fs::read_to_string(blk.join("uevent")).ok())
+                .and_then(|u| u.lines().find_map(|l| l.strip_prefix("DEVNAME=").map(str::to_owned)))
+                .map(|n| self.path(&format!("dev/{n}")));
+            members.push(Member { dir, node });
+        }
+        members
+    }
+
+    /// Polls, with a short backoff, until the set directory and every
+    /// member's bcache directory are gone and every member opens
+    /// exclusively; or fails naming what is still held after `timeout`.
+    fn wait_released(
+        &self,
+        name: &str,
+        action: &str,
+        set: Option<(&Uuid, &Path)>,
+        members: &[Member],
+        timeout: Duration,
+    ) -> Result<(), SysfsError> {
+        let start = Instant::now();
+        let mut pause = Duration::from_millis(1);
+        loop {
+            let Some(held) = still_held(set, members) else { return Ok(()) };
+            if start.elapsed() >= timeout {
+                let secs = timeout.as_secs();
+                return Err(SysfsError::NotReleased { dev: name.to_owned(), why: held.explain(action, secs) });
+            }
+            std::thread::sleep(pause);
+            pause = (pause * 2).min(Duration::from_millis(50));
+        }
+    }
+
     /// Zone size in sectors of a zoned block device, `None` when the device
     /// is not zoned (or not a block device sysfs knows).
     pub fn zone_sectors(&self, rdev: u64) -> Option<u64> {
@@ -193,6 +338,61 @@ impl Sysfs {
         }
         fs::read_to_string(dir.join("queue/chunk_sectors")).ok()?.trim().parse().ok()
     }
+}
+
+/// What the kernel still holds after a stop.
+#[derive(Debug, PartialEq, Eq)]
+enum Held {
+    Set(Uuid),
+    Dir(PathBuf),
+    Open(PathBuf),
+}
+
+impl Held {
+    fn explain(&self, action: &str, secs: u64) -> String {
+        match self {
+            Held::Set(set) => format!(
+                "cache set {set} still registered {secs} s after '{action}': its backing devices \
+                 may still be writing back dirty data (see their bcache/dirty_data), or a flash \
+                 volume is open; wait for them, then check /sys/fs/bcache/{set}"
+            ),
+            Held::Dir(dir) => format!(
+                "still registered with bcache ({} exists) {secs} s after '{action}': if its \
+                 /dev/bcacheN is mounted or open, unmount or close it and the kernel finishes",
+                dir.display()
+            ),
+            Held::Open(node) => format!(
+                "{} still open exclusively {secs} s after '{action}' (by bcache while its \
+                 /dev/bcacheN is mounted or open, or by another program: see fuser -v {0}); \
+                 close it and try again",
+                node.display()
+            ),
+        }
+    }
+}
+
+/// The first thing of a stopping set or device the kernel still holds.
+fn still_held(set: Option<(&Uuid, &Path)>, members: &[Member]) -> Option<Held> {
+    if let Some((uuid, dir)) = set {
+        if dir.exists() {
+            return Some(Held::Set(*uuid));
+        }
+    }
+    if let Some(m) = members.iter().find(|m| m.dir.exists()) {
+        return Some(Held::Dir(m.dir.clone()));
+    }
+    // The sysfs directory goes first and the block device's exclusive claim
+    // a moment later (the kernel's final fput is deferred to a worker).
+    members.iter().filter_map(|m| m.node.as_deref()).find(|n| opened_exclusively(n)).map(|n| Held::Open(n.to_owned()))
+}
+
+/// Whether something holds a block device exclusively: an `O_EXCL` open
+/// fails with EBUSY. Read-only, so closing it sends udev no change event;
+/// on a regular file `O_EXCL` is ignored.
+fn opened_exclusively(node: &Path) -> bool {
+    use std::os::unix::fs::OpenOptionsExt;
+    let open = fs::OpenOptions::new().read(true).custom_flags(nix::libc::O_EXCL).open(node);
+    matches!(open, Err(e) if e.raw_os_error() == Some(nix::libc::EBUSY))
 }
 
 /// Writes a sysfs attribute in one `write(2)`, as the kernel expects.
@@ -262,6 +462,120 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         let err = Sysfs::with_root(tmp.path()).register("/dev/x", false).unwrap_err();
         assert!(err.to_string().contains("modprobe bcache"), "{err}");
+    }
+
+    /// A fake tree with a registered block device NAME (its sysfs
+    /// directory, a bcache directory, uevent) and its node under dev/.
+    fn fake_block(root: &Path, name: &str) -> (PathBuf, PathBuf) {
+        let blk = root.join("sys/devices/virtual/block").join(name);
+        fs::create_dir_all(blk.join("bcache")).unwrap();
+        fs::write(blk.join("uevent"), format!("MAJOR=254\nDEVNAME={name}\n")).unwrap();
+        fs::write(blk.join("bcache/stop"), "").unwrap();
+        fs::create_dir_all(root.join("dev")).unwrap();
+        let node = root.join("dev").join(name);
+        fs::write(&node, "").unwrap();
+        (blk.join("bcache"), node)
+    }
+
+    fn gone_after(ms: u64, paths: Vec<PathBuf>) -> std::thread::JoinHandle<()> {
+        std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(ms));
+            for p in paths {
+                fs::remove_dir_all(p).unwrap();
+            }
+        })
+    }
+
+    #[test]
+    fn stop_returns_only_once_the_bcache_directory_is_gone() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (dir, node) = fake_block(tmp.path(), "vdb");
+        let sysfs = Sysfs::with_root(tmp.path());
+        let reg = Registered::Backing(dir.clone());
+        // The kernel's part: stop was written, the directory goes later.
+        let stop_file = dir.join("stop");
+        let kernel = std::thread::spawn({
+            let dir = dir.clone();
+            move || {
+                while fs::read_to_string(&stop_file).unwrap_or_default() != "1\n" {
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+                std::thread::sleep(Duration::from_millis(40));
+                fs::remove_dir_all(dir).unwrap();
+            }
+        });
+        let start = Instant::now();
+        sysfs.release_within(&node, &reg, SetAction::Stop, Duration::from_secs(10)).unwrap();
+        assert!(start.elapsed() >= Duration::from_millis(40));
+        assert!(!dir.exists());
+        kernel.join().unwrap();
+    }
+
+    #[test]
+    fn a_device_never_released_is_a_one_line_error_naming_what_is_held() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (dir, node) = fake_block(tmp.path(), "vdb");
+        let sysfs = Sysfs::with_root(tmp.path());
+        let err = sysfs
+            .release_within(&node, &Registered::Backing(dir.clone()), SetAction::Stop, Duration::from_millis(30))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains(&format!("still registered with bcache ({} exists)", dir.display())), "{err}");
+        assert!(err.contains("after 'stop'") && err.contains("unmount or close it"), "{err}");
+        assert!(!err.contains('\n'), "{err}");
+    }
+
+    #[test]
+    fn a_set_stop_waits_for_the_set_its_caches_and_its_backing_devices() {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path();
+        let set = Uuid::new_v4();
+        let set_dir = root.join("sys/fs/bcache").join(set.to_string());
+        fs::create_dir_all(&set_dir).unwrap();
+        fs::write(set_dir.join("stop"), "").unwrap();
+        fs::write(set_dir.join("unregister"), "").unwrap();
+        fs::write(root.join("sys/fs/bcache/register"), "").unwrap();
+        let (cache, _) = fake_block(root, "vda");
+        let (bdev, _) = fake_block(root, "vdb");
+        std::os::unix::fs::symlink(&cache, set_dir.join("cache0")).unwrap();
+        std::os::unix::fs::symlink(&bdev, set_dir.join("bdev0")).unwrap();
+        let sysfs = Sysfs::with_root(root);
+
+        let members = sysfs.set_members(&set_dir, true);
+        let mut nodes: Vec<_> = members.iter().filter_map(|m| m.node.clone()).collect();
+        nodes.sort();
+        assert_eq!(nodes, [root.join("dev/vda"), root.join("dev/vdb")]);
+        assert_eq!(sysfs.set_members(&set_dir, false).len(), 1, "unregister leaves backing devices registered");
+
+        // The set goes first; its backing device is still being torn down.
+        let kernel = gone_after(20, vec![set_dir.clone(), cache.clone()]);
+        let err = sysfs
+            .release_set_within("x", &set, SetAction::Stop, None, Duration::from_millis(200))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains(&format!("({} exists)", bdev.display())), "{err}");
+        kernel.join().unwrap();
+    }
+
+    #[test]
+    fn a_set_unregister_returns_once_the_set_and_its_cache_are_gone() {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path();
+        let set = Uuid::new_v4();
+        let set_dir = root.join("sys/fs/bcache").join(set.to_string());
+        fs::create_dir_all(&set_dir).unwrap();
+        fs::write(set_dir.join("stop"), "").unwrap();
+        fs::write(set_dir.join("unregister"), "").unwrap();
+        fs::write(root.join("sys/fs/bcache/register"), "").unwrap();
+        let (cache, _) = fake_block(root, "vda");
+        std::os::unix::fs::symlink(&cache, set_dir.join("cache0")).unwrap();
+        let sysfs = Sysfs::with_root(root);
+        let kernel = gone_after(30, vec![set_dir.clone(), cache.clone()]);
+        sysfs.release_set_within("x", &set, SetAction::Unregister, None, Duration::from_secs(10)).unwrap();
+        assert!(!set_dir.exists() && !cache.exists());
+        kernel.join().unwrap();
+        let err = sysfs.release_set(&set, SetAction::Unregister).unwrap_err();
+        assert!(matches!(err, SysfsError::NoSuchSet(_)), "{err}");
     }
 
     #[test]

@@ -206,28 +206,21 @@ fn backing_dir(sysfs: &Sysfs, path: &Path) -> anyhow::Result<PathBuf> {
 pub fn unregister(args: &UnregisterArgs) -> anyhow::Result<Outcome> {
     let sysfs = Sysfs::default();
     if let Ok(set) = args.target.parse::<Uuid>() {
-        let dir = sysfs.set_dir(&set)?;
-        sysfs.write(&args.target, &dir.join("unregister"), "1")?;
+        sysfs.release_set(&set, bcache::sysfs::SetAction::Unregister)?;
         return Ok(Outcome::Ok);
     }
-    stop_or_unregister(&sysfs, Path::new(&args.target), "unregister")
+    stop_or_unregister(&sysfs, Path::new(&args.target), bcache::sysfs::SetAction::Unregister)
 }
 
 pub fn stop(args: &DevArgs) -> anyhow::Result<Outcome> {
-    stop_or_unregister(&Sysfs::default(), &args.device, "stop")
+    stop_or_unregister(&Sysfs::default(), &args.device, bcache::sysfs::SetAction::Stop)
 }
 
-/// Backing devices are stopped; a cache device's set gets `set_action`
-/// (`stop` or `unregister`).
-fn stop_or_unregister(sysfs: &Sysfs, path: &Path, set_action: &str) -> anyhow::Result<Outcome> {
-    let name = path.display().to_string();
-    match registered(sysfs, path)? {
-        Registered::Backing(dir) => sysfs.write(&name, &dir.join("stop"), "1")?,
-        Registered::Cache { set: Some(set), .. } => {
-            sysfs.write(&name, &sysfs.set_dir(&set)?.join(set_action), "1")?
-        }
-        Registered::Cache { set: None, .. } => bail!("{name}: cache device without a cache set"),
-    }
+/// Backing devices are stopped; a cache device's set gets `set_action`.
+/// Either returns once the kernel has let go, so a `register` or `make`
+/// right after finds the device free.
+fn stop_or_unregister(sysfs: &Sysfs, path: &Path, set_action: bcache::sysfs::SetAction) -> anyhow::Result<Outcome> {
+    sysfs.release(path, &registered(sysfs, path)?, set_action)?;
     Ok(Outcome::Ok)
 }
 
