@@ -15,7 +15,7 @@ use crate::bcachetab::{DeviceIds, DeviceSpec, Entry, Layout, Tab};
 use crate::device::{Access, Device, DeviceError};
 use crate::header::{self, HeaderError, HeaderParams};
 use crate::raw::{RawBacking, RawError};
-use crate::state::{self, Record, State, StateError};
+use crate::state::{self, Record, State, StateError, Store};
 use crate::superblock::{BdevState, CacheMode};
 use crate::sysfs::{Registered, Sysfs, SysfsError};
 
@@ -27,6 +27,16 @@ pub struct Env {
     pub state: PathBuf,
     /// Run-time files: headers, locks (normally /run/bcache).
     pub run_dir: PathBuf,
+    /// What an initramfs recorded, for the system's state file (normally
+    /// /run/bcache/state.journal: /run survives switch_root).
+    pub journal: PathBuf,
+}
+
+impl Env {
+    /// The state file, and the journal beside the run-time files.
+    pub fn store(&self) -> Store<'_> {
+        Store { path: &self.state, journal: &self.journal }
+    }
 }
 
 impl Default for Env {
@@ -36,6 +46,7 @@ impl Default for Env {
             tab: PathBuf::from(crate::bcachetab::DEFAULT_PATH),
             state: PathBuf::from(state::DEFAULT_PATH),
             run_dir: PathBuf::from("/run/bcache"),
+            journal: Path::new("/run/bcache").join(state::JOURNAL_NAME),
         }
     }
 }
@@ -72,6 +83,8 @@ pub enum ApplyError {
     Sysfs(#[from] SysfsError),
     #[error(transparent)]
     Device(#[from] DeviceError),
+    #[error(transparent)]
+    Edit(#[from] crate::bcachetab::EditError),
     #[error("{}: {}", .0.display(), crate::os_error_text(.1))]
     Io(PathBuf, io::Error),
 }
@@ -91,6 +104,18 @@ pub struct Registration {
 /// its set is registered stale, so the next attach drops the set's old
 /// data; only what the state file proves relaxes this. A copy of the
 /// state file (an initramfs's) may be out of date and proves less.
+///
+/// | what the record says            | writeback (or was, or dirty) | other modes |
+/// |---------------------------------|------------------------------|-------------|
+/// | stale                           | stale                        | stale       |
+/// | a set (attached, or pending)    | dirty                        | clean       |
+/// | never attached (file, not copy) | none                         | none        |
+/// | nothing, or a copy              | dirty                        | stale       |
+///
+/// State none with a set is sent only for a device proved never attached:
+/// the patched module refuses it where the set holds a slot (the attach
+/// would drop the slot), and clean would make a device that never had a
+/// set wait for one.
 pub fn registration(
     entry: &Entry,
     record: Option<&Record>,
@@ -121,24 +146,22 @@ pub fn registration(
         }
     }
     let mode = entry.options.mode;
+    // The mode it last ran in, or the state the kernel last reported, may
+    // have left dirty data in the set whatever bcachetab says now.
+    let may_be_dirty = mode == CacheMode::Writeback
+        || record.is_some_and(|r| r.mode == Some(CacheMode::Writeback) || r.state == Some(BdevState::Dirty));
+    // Proved new to every set by an up-to-date record.
+    let never_attached = !is_copy && record.is_some() && attached.is_none();
     let state = match entry.cset {
         None => BdevState::None,
-        Some(_) if stale && is_copy && mode == CacheMode::Writeback => return Err(ApplyError::StaleCopy),
+        Some(_) if stale && is_copy && may_be_dirty => return Err(ApplyError::StaleCopy),
         Some(_) if stale => BdevState::Stale,
-        Some(_) if mode == CacheMode::Writeback || record.and_then(|r| r.mode) == Some(CacheMode::Writeback) => {
-            // Never attached (proved by an up-to-date record): the set has
-            // no slot, and the device attaches afresh when it comes.
-            let never_attached = !is_copy && record.is_some() && attached.is_none();
-            if never_attached {
-                BdevState::None
-            } else {
-                BdevState::Dirty
-            }
-        }
-        // Writethrough and the others hold no dirty data: a clean device
-        // waits for its set to keep the cache warm (or its timeout).
+        Some(_) if never_attached => BdevState::None,
+        Some(_) if may_be_dirty => BdevState::Dirty,
+        // Holds no dirty data: waits for its set to keep the cache warm
+        // (or its timeout), or, unproved, drops what the set may hold.
         Some(_) if attached.is_some() => BdevState::Clean,
-        Some(_) => BdevState::None,
+        Some(_) => BdevState::Stale,
     };
     let data_offset = match layout {
         Layout::Raw => entry.options.data_offset.unwrap_or(0),
@@ -313,6 +336,19 @@ fn registered_as(env: &Env, entry: &Entry, dev: &Device) -> Option<(PathBuf, u64
 
 /// Registers the device of `entry` (found at `path`) unless it already is,
 /// then sets its tunables. Idempotent.
+///
+/// The registration's transition, in order (see also [`record_attachment`],
+/// [`mark_stale`] and [`record_uevent`], the other transitions):
+/// 1. before the kernel is told, durably: the layout and mode, and, when
+///    the set is registered (the kernel attaches at once), the set as
+///    attached but pending. If this cannot be written the kernel is not
+///    touched. A power cut after it and before the kernel acts leaves a
+///    dirty-or-clean registration at the next boot: the device waits for
+///    a slot the set may not have, rather than drop one it may have.
+/// 2. the kernel: register_raw, or a header joined in front and register.
+/// 3. after: the attach the kernel shows, confirmed (pending cleared, a
+///    stale mark dropped: the set's slot is a fresh one); then the
+///    tunables, whose failure no longer touches what is recorded.
 pub fn bring_up(env: &Env, entry: &Entry, path: &Path) -> Result<Status, ApplyError> {
     let _lock = device_lock(env, &entry.uuid)?;
     let dev = Device::open(path, Access::Read)?;
@@ -320,6 +356,15 @@ pub fn bring_up(env: &Env, entry: &Entry, path: &Path) -> Result<Status, ApplyEr
         let st = State::load(&env.state)?;
         let has_raw = env.sysfs.bcache_dir()?.join("register_raw").exists();
         let reg = registration(entry, st.get(&entry.uuid), st.is_copy, has_raw)?;
+        let attaching = reg.set_uuid.filter(|s| env.sysfs.set_dir(s).is_ok());
+        env.store().update(entry.uuid, "the registration", |r| {
+            r.layout = Some(reg.layout);
+            r.mode = Some(reg.mode);
+            if let Some(set) = attaching.filter(|_| r.attached.is_none()) {
+                r.attached = Some(set);
+                r.pending = true;
+            }
+        })?;
         let shown = path.to_string_lossy().into_owned();
         match reg.layout {
             Layout::Raw => {
@@ -352,10 +397,6 @@ pub fn bring_up(env: &Env, entry: &Entry, path: &Path) -> Result<Status, ApplyEr
                 env.sysfs.register(&joined.to_string_lossy(), false)?;
             }
         }
-        state::update(&env.state, entry.uuid, |r| {
-            r.layout = Some(reg.layout);
-            r.mode = Some(reg.mode);
-        })?;
         let since = since_file(env, &entry.uuid);
         fs::create_dir_all(env.run_dir.join("since"))
             .and_then(|_| fs::write(&since, b""))
@@ -365,10 +406,10 @@ pub fn bring_up(env: &Env, entry: &Entry, path: &Path) -> Result<Status, ApplyEr
             ApplyError::Io(path.to_owned(), io::Error::other("registered, but bcache does not show it"))
         })?;
         let dir = env.sysfs.backing_dir(&shown, rdev)?;
+        record_attachment(env, &entry.uuid, &dir)?;
         for t in &entry.options.tunables {
             env.sysfs.write(&shown, &dir.join(t.attr), &t.value)?;
         }
-        record_attachment(env, &entry.uuid, &dir)?;
     }
     Ok(live_at(env, entry, path).0)
 }
@@ -383,25 +424,81 @@ pub fn attached_set(dir: &Path) -> Option<Uuid> {
 /// the set now holds a slot for it (a fresh one if it was stale).
 pub fn record_attachment(env: &Env, uuid: &Uuid, dir: &Path) -> Result<(), ApplyError> {
     if let Some(set) = attached_set(dir) {
-        state::update(&env.state, *uuid, |r| {
-            r.attached = Some(set);
-            r.stale = false;
-        })?;
+        env.store().record_fact(*uuid, "the attach", |r| confirm_attach(r, set))?;
     }
     Ok(())
 }
 
-/// Records a run forced without the cache set (the kernel marks the
-/// device stale): the next attach must drop the set's old data for it.
-pub fn record_forced_run(env: &Env, uuid: &Uuid) -> Result<(), ApplyError> {
-    let known = State::load(&env.state)?.get(uuid).is_some();
-    if known {
-        state::update(&env.state, *uuid, |r| {
-            r.stale = true;
-            r.state = Some(BdevState::Stale);
-        })?;
+fn confirm_attach(r: &mut Record, set: Uuid) {
+    r.attached = Some(set);
+    r.pending = false;
+    r.stale = false;
+}
+
+/// Before an attach the kernel is told to make (`bcache attach`): the set,
+/// pending until [`record_attachment`] sees it. Returns the record as it
+/// was, for [`undo_attach`] when the kernel refuses.
+pub fn before_attach(env: &Env, uuid: &Uuid, set: Uuid) -> Result<Option<Record>, ApplyError> {
+    let before = State::load(&env.state)?.get(uuid).cloned();
+    env.store().update(*uuid, "the attach", |r| {
+        r.attached = Some(set);
+        r.pending = true;
+    })?;
+    Ok(before)
+}
+
+/// The kernel refused the attach [`before_attach`] recorded: nothing was
+/// attached, so the record goes back to what it was.
+pub fn undo_attach(env: &Env, uuid: &Uuid, before: Option<Record>) -> Result<(), ApplyError> {
+    Ok(env.store().update(*uuid, "the refused attach", |r| *r = before.unwrap_or_default())?)
+}
+
+/// Whether `uuid` is a bcachetab device: a line names it, or the state
+/// file knows it. Other backing devices have superblocks of their own,
+/// which the kernel keeps.
+pub fn is_tab_device(env: &Env, uuid: &Uuid) -> Result<bool, ApplyError> {
+    let in_tab = Tab::load(&env.tab).map_err(|e| ApplyError::Io(env.tab.clone(), e))?.by_uuid(uuid).is_some();
+    Ok(in_tab || State::load(&env.state)?.get(uuid).is_some())
+}
+
+/// `bcache attach` of a registered backing device (its sysfs directory
+/// `dir`) to a registered set. For a bcachetab device, its line and its
+/// record name the set (pending) before the kernel is told, and go back
+/// if the kernel refuses; true then. A power cut between leaves it
+/// waiting for the set at the next boot: never registered as new to a set
+/// that may hold its data.
+pub fn attach(env: &Env, name: &str, dir: &Path, set: Uuid) -> Result<bool, ApplyError> {
+    let uuid = env.sysfs.read(&dir.join("backing_dev_uuid")).ok().and_then(|u| u.parse::<Uuid>().ok());
+    let tab_device = match uuid {
+        Some(u) if is_tab_device(env, &u)? => Some(u),
+        _ => None,
+    };
+    let Some(uuid) = tab_device else {
+        env.sysfs.write(name, &dir.join("attach"), &set.hyphenated().to_string())?;
+        return Ok(false);
+    };
+    let old_set = Tab::load(&env.tab).map_err(|e| ApplyError::Io(env.tab.clone(), e))?.by_uuid(&uuid).and_then(|e| e.cset);
+    let before = before_attach(env, &uuid, set)?;
+    crate::bcachetab::set_cset(&env.tab, &uuid, Some(set))?;
+    if let Err(e) = env.sysfs.write(name, &dir.join("attach"), &set.hyphenated().to_string()) {
+        crate::bcachetab::set_cset(&env.tab, &uuid, old_set)?;
+        undo_attach(env, &uuid, before)?;
+        return Err(e.into());
     }
-    Ok(())
+    record_attachment(env, &uuid, dir)?;
+    Ok(true)
+}
+
+/// Before a device runs without its cache set (`bcache run --force`, a
+/// timeout): its stale mark, so that the set's old data for it is dropped
+/// when the set returns, never served. Durable before the kernel is told;
+/// a device with no record gets one. If it cannot be written the device
+/// must not run.
+pub fn mark_stale(env: &Env, uuid: &Uuid) -> Result<(), ApplyError> {
+    Ok(env.store().update(*uuid, "the stale mark", |r| {
+        r.stale = true;
+        r.state = Some(BdevState::Stale);
+    })?)
 }
 
 /// The live status of a line's device.
@@ -474,9 +571,9 @@ pub fn wait(env: &Env, entry: &Entry) -> Result<Waited, ApplyError> {
         let (st, dir) = live(env, &Resolver::default(), entry);
         match (&st, dir) {
             (Status::Waiting { dirty: false, .. }, Some(dir)) if SystemTime::now() >= deadline => {
+                mark_stale(env, &entry.uuid)?;
                 let shown = dir.display().to_string();
                 env.sysfs.write(&shown, &dir.join("running"), "1")?;
-                record_forced_run(env, &entry.uuid)?;
                 return Ok(Waited::RanWithout { after: timeout });
             }
             (Status::Waiting { dirty: false, .. }, _) => std::thread::sleep(Duration::from_millis(200)),
@@ -495,7 +592,7 @@ pub fn record_uevent(env: &Env, props: Props) -> Result<(), ApplyError> {
     let set = props("BCACHE_SET_UUID").and_then(|u| u.parse::<Uuid>().ok()).filter(|u| !u.is_nil());
     let st = props("BCACHE_STATE").and_then(|s| BdevState::ALL.into_iter().find(|x| x.name() == s));
     let mode = props("BCACHE_CACHE_MODE").and_then(|m| m.parse().ok());
-    state::update(&env.state, uuid, |r| note(r, set, st, mode))?;
+    env.store().record_fact(uuid, "the state the kernel reported", |r| note(r, set, st, mode))?;
     Ok(())
 }
 
@@ -505,13 +602,15 @@ fn note(r: &mut Record, set: Option<Uuid>, st: Option<BdevState>, mode: Option<C
         // Run without its set: its slot must be dropped at the next attach.
         Some(BdevState::Stale) => r.stale = true,
         // Attached (again): the set holds a slot, a fresh one after stale.
-        Some(BdevState::Clean | BdevState::Dirty) if set.is_some() => {
-            r.attached = set;
-            r.stale = false;
+        Some(BdevState::Clean | BdevState::Dirty) => {
+            if let Some(set) = set {
+                confirm_attach(r, set);
+            }
         }
         // Detached: the set dropped its slot after writing dirty data back.
         Some(BdevState::None) if set.is_none() => {
             r.attached = None;
+            r.pending = false;
             r.stale = false;
         }
         _ => {}
@@ -541,7 +640,7 @@ pub fn sync_headers(env: &Env, tab: &Tab) -> Result<(), ApplyError> {
     for e in &tab.entries {
         if let Some(sb) = header::read_back(&env.run_dir, &e.uuid) {
             let set = Some(sb.set_uuid).filter(|u| !u.is_nil());
-            state::update(&env.state, e.uuid, |r| note(r, set, Some(sb.state()), sb.cache_mode()))?;
+            env.store().record_fact(e.uuid, "the state the kernel wrote", |r| note(r, set, Some(sb.state()), sb.cache_mode()))?;
         }
     }
     Ok(())
@@ -579,6 +678,9 @@ mod tests {
         // ...but a copy may predate the attach.
         assert_eq!(state(Some(&rec(None, false, Layout::Raw)), true).unwrap(), BdevState::Dirty);
         assert_eq!(state(Some(&rec(Some(9), true, Layout::Raw)), false).unwrap(), BdevState::Stale);
+        // An attach written ahead and not confirmed: the set may hold dirty data.
+        let pending = Record { pending: true, ..rec(Some(9), false, Layout::Raw) };
+        assert_eq!(state(Some(&pending), false).unwrap(), BdevState::Dirty);
         assert!(matches!(state(Some(&rec(Some(9), true, Layout::Raw)), true), Err(ApplyError::StaleCopy)));
     }
 
@@ -586,7 +688,18 @@ mod tests {
     fn writethrough_waits_only_when_attached() {
         let wt = entry(Some(9), CacheMode::Writethrough);
         let state = |r: Option<&Record>| registration(&wt, r, false, true).unwrap().state;
-        assert_eq!(state(None), BdevState::None);
+        // Unknown: whatever the set holds for it is dropped, never served.
+        assert_eq!(state(None), BdevState::Stale);
+        // Known never attached: new to the set.
+        assert_eq!(state(Some(&rec(None, false, Layout::Raw))), BdevState::None);
+        // Switched from writeback in bcachetab while the kernel last said dirty.
+        let was_dirty = Record { state: Some(BdevState::Dirty), ..rec(Some(9), false, Layout::Raw) };
+        assert_eq!(state(Some(&was_dirty)), BdevState::Dirty);
+        let was_writeback = Record { mode: Some(CacheMode::Writeback), ..rec(Some(9), false, Layout::Raw) };
+        assert_eq!(state(Some(&was_writeback)), BdevState::Dirty);
+        // Attached, the attach not yet confirmed: the slot kept if there is one.
+        let pending = Record { pending: true, ..rec(Some(9), false, Layout::Raw) };
+        assert_eq!(state(Some(&pending)), BdevState::Clean);
         assert_eq!(state(Some(&rec(Some(9), false, Layout::Raw))), BdevState::Clean);
         assert_eq!(state(Some(&rec(Some(9), true, Layout::Raw))), BdevState::Stale);
     }

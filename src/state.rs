@@ -1,8 +1,8 @@
 //! The state bcachetab's devices carry from one boot to the next, which
 //! bcachetab itself does not say: the layout each device is used with,
-//! whether it has been attached to its cache set, and stale marks (a
-//! device run without its set, whose cached data must never be served
-//! again). Owned by the tool; written atomically.
+//! the cache set that may hold a slot for it, and stale marks (a device
+//! run without its set, whose cached data must never be served again).
+//! Owned by the tool; written atomically and durably.
 //!
 //! ```text
 //! # bcache state: written by bcache, do not edit
@@ -11,12 +11,16 @@
 //!
 //! A copy inside an initramfs may be older than the truth; a copy says so
 //! in its first line, and the rules in [`crate::apply`] read it
-//! conservatively.
+//! conservatively. What is recorded while the state file is such a copy
+//! also goes to a journal under /run, which survives switch_root: each of
+//! its lines holds the keys one change set, and [`merge_journal`] applies
+//! them to the system's file once it is writable.
 
 use std::collections::BTreeMap;
 use std::fmt;
 use std::fs;
 use std::io::{self, Write};
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
 use uuid::Uuid;
@@ -27,6 +31,10 @@ use crate::superblock::{BdevState, CacheMode};
 
 pub const DEFAULT_PATH: &str = "/var/lib/bcache/state";
 
+/// Where changes recorded in a copy go, to be merged into the system's
+/// state file after switch_root (its name under the run-time directory).
+pub const JOURNAL_NAME: &str = "state.journal";
+
 const HEADER: &str = "# bcache state: written by bcache, do not edit";
 /// First line of a copy made for an initramfs.
 pub const COPY_HEADER: &str = "# bcache state: a copy, possibly older than the system's";
@@ -36,15 +44,110 @@ pub const COPY_HEADER: &str = "# bcache state: a copy, possibly older than the s
 pub struct Record {
     /// The layout its data has been presented with.
     pub layout: Option<Layout>,
-    /// The cache set it has been attached to: the set holds a slot for it,
-    /// maybe with dirty data.
+    /// The cache set that may hold a slot for it, maybe with dirty data.
+    /// Written before the kernel is told to attach; cleared only when the
+    /// kernel reports a completed detach.
     pub attached: Option<Uuid>,
+    /// `attached` was written ahead of the kernel and the kernel has not
+    /// confirmed the attach yet: the set may have no slot for it.
+    pub pending: bool,
     /// Run without its set since it was last attached: the next attach must
     /// start from an invalidated slot.
     pub stale: bool,
     /// The state the kernel last reported.
     pub state: Option<BdevState>,
     pub mode: Option<CacheMode>,
+    /// Keys a newer version wrote, kept as they are.
+    pub unknown: Vec<(String, String)>,
+}
+
+const KEYS: [&str; 6] = ["layout", "attached", "pending", "stale", "state", "mode"];
+
+impl Record {
+    /// Sets one key from the file's text; `none` clears a uuid, `0` a mark.
+    fn assign(&mut self, k: &str, v: &str) -> Result<(), ()> {
+        let flag = |v: &str| match v {
+            "1" => Ok(true),
+            "0" => Ok(false),
+            _ => Err(()),
+        };
+        match k {
+            "layout" => self.layout = Some(Layout::parse(v).ok_or(())?),
+            "attached" => self.attached = if v == "none" { None } else { Some(v.parse().map_err(|_| ())?) },
+            "pending" => self.pending = flag(v)?,
+            "stale" => self.stale = flag(v)?,
+            "state" => self.state = Some(BdevState::ALL.into_iter().find(|s| s.name() == v).ok_or(())?),
+            "mode" => self.mode = Some(v.parse().map_err(|_| ())?),
+            _ => match self.unknown.iter_mut().find(|(key, _)| key == k) {
+                Some(kv) => kv.1 = v.to_owned(),
+                None => self.unknown.push((k.to_owned(), v.to_owned())),
+            },
+        }
+        Ok(())
+    }
+
+    /// Every known key's value, defaults written out (`none`, `0`), and the
+    /// unknown keys: what a journal line compares.
+    fn assignments(&self) -> Vec<(String, String)> {
+        let mut out: Vec<(String, String)> = KEYS
+            .iter()
+            .map(|&k| {
+                let v = match k {
+                    "layout" => self.layout.map_or("", |l| l.name()).to_owned(),
+                    "attached" => self.attached.map_or("none".to_owned(), |a| a.hyphenated().to_string()),
+                    "pending" => u8::from(self.pending).to_string(),
+                    "stale" => u8::from(self.stale).to_string(),
+                    "state" => self.state.map_or("", |s| s.name()).to_owned(),
+                    _ => self.mode.map_or("", |m| m.name()).to_owned(),
+                };
+                (k.to_owned(), v)
+            })
+            .filter(|(_, v)| !v.is_empty())
+            .collect();
+        out.extend(self.unknown.iter().cloned());
+        out
+    }
+
+    /// What `after` changed of `self`, as `key=value` words.
+    fn delta(&self, after: &Record) -> Vec<String> {
+        let before = self.assignments();
+        after.assignments().into_iter().filter(|kv| !before.contains(kv)).map(|(k, v)| format!("{k}={v}")).collect()
+    }
+
+    /// Folds a second record of the same device into this one, towards
+    /// the conservative side: a stale mark or a set from either is kept,
+    /// writeback from either is kept. Two different layouts or sets cannot
+    /// be decided.
+    fn merge(&mut self, other: Record) -> Result<(), String> {
+        if let (Some(a), Some(b)) = (self.layout, other.layout) {
+            if a != b {
+                return Err(format!("layouts {} and {}", a.name(), b.name()));
+            }
+        }
+        if let (Some(a), Some(b)) = (self.attached, other.attached) {
+            if a != b {
+                return Err(format!("cache sets {a} and {b}"));
+            }
+        }
+        self.pending = match (self.attached, other.attached) {
+            (Some(_), Some(_)) => self.pending && other.pending,
+            (None, Some(_)) => other.pending,
+            _ => self.pending,
+        };
+        self.layout = self.layout.or(other.layout);
+        self.attached = self.attached.or(other.attached);
+        self.stale |= other.stale;
+        if other.mode == Some(CacheMode::Writeback) || self.mode.is_none() {
+            self.mode = other.mode.or(self.mode);
+        }
+        self.state = other.state.or(self.state);
+        for (k, v) in other.unknown {
+            if !self.unknown.iter().any(|(key, _)| *key == k) {
+                self.unknown.push((k, v));
+            }
+        }
+        Ok(())
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -53,6 +156,11 @@ pub enum StateError {
     Damaged { path: PathBuf, line: usize, what: String },
     #[error("{}: {}", .0.display(), os_error_text(.1))]
     Io(PathBuf, io::Error),
+    #[error(
+        "{}: cannot record {what} ({}): nothing was changed; make it writable (is /var read-only or full?) and run the command again",
+        .path.display(), os_error_text(.error)
+    )]
+    WriteAhead { path: PathBuf, what: String, error: io::Error },
 }
 
 /// The state file's content.
@@ -61,6 +169,9 @@ pub struct State {
     pub records: BTreeMap<Uuid, Record>,
     /// Read from a copy (an initramfs's), which may be out of date.
     pub is_copy: bool,
+    /// Devices recorded more than once ("FILE:LINE: ..."): merged
+    /// conservatively, and reported by `bcache tab check` and `tab list`.
+    pub conflicts: Vec<String>,
 }
 
 impl State {
@@ -80,28 +191,20 @@ impl State {
                 continue;
             }
             let damaged = |what: String| StateError::Damaged { path: path.to_owned(), line: i + 1, what };
-            let mut words = line.split_whitespace();
-            let uuid: Uuid = words
-                .next()
-                .and_then(|w| w.parse().ok())
-                .ok_or_else(|| damaged("no uuid".into()))?;
-            let mut rec = Record::default();
-            for word in words {
-                let (k, v) = word.split_once('=').ok_or_else(|| damaged(format!("'{word}'")))?;
-                let bad = || damaged(format!("bad {k} '{v}'"));
-                match k {
-                    "layout" => rec.layout = Some(Layout::parse(v).ok_or_else(bad)?),
-                    "attached" => rec.attached = Some(v.parse().map_err(|_| bad())?),
-                    "stale" => rec.stale = v == "1",
-                    "state" => {
-                        rec.state = Some(BdevState::ALL.into_iter().find(|s| s.name() == v).ok_or_else(bad)?)
-                    }
-                    "mode" => rec.mode = Some(v.parse().map_err(|_| bad())?),
-                    // Written by a newer version: kept out of decisions.
-                    _ => {}
+            let (uuid, rec) = parse_line(line, &Record::default()).map_err(damaged)?;
+            match state.records.get_mut(&uuid) {
+                None => {
+                    state.records.insert(uuid, rec);
+                }
+                Some(first) => {
+                    first.merge(rec).map_err(|w| damaged(format!("a second record of {uuid} with {w}")))?;
+                    state.conflicts.push(format!(
+                        "{}:{}: a second record of {uuid}, merged with the first (stale and set marks of both kept)",
+                        path.display(),
+                        i + 1
+                    ));
                 }
             }
-            state.records.insert(uuid, rec);
         }
         Ok(state)
     }
@@ -116,6 +219,18 @@ impl State {
     }
 }
 
+/// One record's line: its uuid and its keys, assigned over `base`.
+fn parse_line(line: &str, base: &Record) -> Result<(Uuid, Record), String> {
+    let mut words = line.split_ascii_whitespace();
+    let uuid: Uuid = words.next().and_then(|w| w.parse().ok()).ok_or("no uuid")?;
+    let mut rec = base.clone();
+    for word in words {
+        let (k, v) = word.split_once('=').ok_or_else(|| format!("'{word}'"))?;
+        rec.assign(k, v).map_err(|_| format!("bad {k} '{v}'"))?;
+    }
+    Ok((uuid, rec))
+}
+
 impl fmt::Display for State {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         writeln!(f, "{}", if self.is_copy { COPY_HEADER } else { HEADER })?;
@@ -127,6 +242,9 @@ impl fmt::Display for State {
             if let Some(a) = r.attached {
                 write!(f, " attached={}", a.hyphenated())?;
             }
+            if r.pending {
+                f.write_str(" pending=1")?;
+            }
             if r.stale {
                 f.write_str(" stale=1")?;
             }
@@ -136,31 +254,69 @@ impl fmt::Display for State {
             if let Some(m) = r.mode {
                 write!(f, " mode={}", m.name())?;
             }
+            for (k, v) in &r.unknown {
+                write!(f, " {k}={v}")?;
+            }
             writeln!(f)?;
         }
         Ok(())
     }
 }
 
+/// Flags for every file the tool creates: a planted symlink is never
+/// followed, and no descriptor leaks into the programs udev runs.
+const NO_FOLLOW: i32 = nix::libc::O_NOFOLLOW | nix::libc::O_CLOEXEC;
+
 /// Replaces `path` with `contents` so that a crash leaves either the old
-/// or the new file, durably: write a temporary file beside it, fsync it,
-/// rename it over, fsync the directory.
+/// or the new file, durably: write a new temporary file beside it, fsync
+/// it, rename it over, fsync the directory. A symlink at `path` is
+/// followed (its target is replaced, the link kept); the file's mode and
+/// owner are kept (0644 and the caller's for a new file).
 pub fn write_atomically(path: &Path, contents: &[u8]) -> io::Result<()> {
-    let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let target = match fs::symlink_metadata(path) {
+        Ok(m) if m.file_type().is_symlink() => fs::canonicalize(path).map_err(|e| {
+            io::Error::new(e.kind(), format!("a symlink to nowhere ({}); refused", os_error_text(&e)))
+        })?,
+        _ => path.to_owned(),
+    };
+    let existing = fs::metadata(&target).ok();
+    let dir = target.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
     fs::create_dir_all(dir)?;
-    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-    let tmp = dir.join(format!(".{name}.{}", std::process::id()));
+    let name = target.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let mode = existing.as_ref().map_or(0o644, |m| m.mode() & 0o7777);
+    let (tmp, mut f) = create_temp(dir, &name, mode)?;
     let result = (|| {
-        let mut f = fs::File::create(&tmp)?;
+        if let Some(m) = &existing {
+            let meta = f.metadata()?;
+            if (meta.uid(), meta.gid()) != (m.uid(), m.gid()) {
+                std::os::unix::fs::fchown(&f, Some(m.uid()), Some(m.gid()))?;
+            }
+            // The umask may have taken bits away at creation.
+            f.set_permissions(std::os::unix::fs::PermissionsExt::from_mode(mode))?;
+        }
         f.write_all(contents)?;
         f.sync_all()?;
-        fs::rename(&tmp, path)?;
+        fs::rename(&tmp, &target)?;
         fs::File::open(dir)?.sync_all()
     })();
     if result.is_err() {
         let _ = fs::remove_file(&tmp);
     }
     result
+}
+
+/// A new file `.NAME.PID.N` in `dir`, created exclusively.
+fn create_temp(dir: &Path, name: &str, mode: u32) -> io::Result<(PathBuf, fs::File)> {
+    let mut n = 0u32;
+    loop {
+        let tmp = dir.join(format!(".{name}.{}.{n}", std::process::id()));
+        match fs::OpenOptions::new().write(true).create_new(true).mode(mode).custom_flags(NO_FOLLOW).open(&tmp) {
+            Ok(f) => return Ok((tmp, f)),
+            // Left by a process of the same pid that crashed, or planted.
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists && n < 100 => n += 1,
+            Err(e) => return Err(e),
+        }
+    }
 }
 
 /// An exclusive lock on a file beside `path`, held while the value lives:
@@ -179,6 +335,8 @@ impl Lock {
             .create(true)
             .truncate(false)
             .write(true)
+            .mode(0o600)
+            .custom_flags(NO_FOLLOW)
             .open(&lock_path)
             .map_err(|e| StateError::Io(lock_path.clone(), e))?;
         nix::fcntl::Flock::lock(f, nix::fcntl::FlockArg::LockExclusive)
@@ -187,22 +345,120 @@ impl Lock {
     }
 }
 
-/// Changes the record of `uuid` under the lock, and saves.
-pub fn update(path: &Path, uuid: Uuid, change: impl FnOnce(&mut Record)) -> Result<(), StateError> {
-    let _lock = Lock::take(path)?;
-    let mut state = State::load(path)?;
-    let before = state.records.get(&uuid).cloned();
-    let rec = state.records.entry(uuid).or_default();
-    change(rec);
-    if before.as_ref() == Some(rec) {
-        return Ok(());
+/// Where the state lives: the file, and the journal that takes what is
+/// recorded while the file is an initramfs's copy.
+#[derive(Debug, Clone, Copy)]
+pub struct Store<'a> {
+    pub path: &'a Path,
+    pub journal: &'a Path,
+}
+
+impl Store<'_> {
+    /// Changes the record of `uuid` under the lock, and saves durably:
+    /// when this returns Ok, the change survives a power cut (or, in an
+    /// initramfs, switch_root). `what` names the change in the error that
+    /// says nothing was recorded.
+    pub fn update(&self, uuid: Uuid, what: &str, change: impl FnOnce(&mut Record)) -> Result<(), StateError> {
+        let mut change = Some(change);
+        self.change(uuid, what, &mut |r| change.take().expect("called once without a journal")(r), false)
     }
-    state.save(path)
+
+    /// [`Store::update`] for what the kernel has done already (a state
+    /// change it reported): when the file cannot be written (or locked, or
+    /// read), the change still goes to the journal, merged by the next
+    /// command that can write the file, and the error is returned.
+    pub fn record_fact(&self, uuid: Uuid, what: &str, mut change: impl FnMut(&mut Record)) -> Result<(), StateError> {
+        self.change(uuid, what, &mut change, true)
+    }
+
+    fn change(
+        &self,
+        uuid: Uuid,
+        what: &str,
+        change: &mut dyn FnMut(&mut Record),
+        journal_on_failure: bool,
+    ) -> Result<(), StateError> {
+        let failed = |path: &Path, error: io::Error| StateError::WriteAhead {
+            path: path.to_owned(),
+            what: format!("{what} of {uuid}"),
+            error,
+        };
+        let line = |before: &Record, after: &Record| format!("{} {}\n", uuid.hyphenated(), before.delta(after).join(" "));
+        let mut journaled = false;
+        let result = (|| {
+            let _lock = Lock::take(self.path).map_err(|e| match e {
+                StateError::Io(p, error) => failed(&p, error),
+                e => e,
+            })?;
+            let mut state = State::load(self.path)?;
+            let before = state.records.get(&uuid).cloned();
+            let rec = state.records.entry(uuid).or_default();
+            change(rec);
+            if before.as_ref() == Some(rec) {
+                return Ok(());
+            }
+            if state.is_copy {
+                append_journal(self.journal, &line(&before.unwrap_or_default(), rec)).map_err(|e| failed(self.journal, e))?;
+                journaled = true;
+            }
+            write_atomically(self.path, state.to_string().as_bytes()).map_err(|e| failed(self.path, e))
+        })();
+        if result.is_err() && journal_on_failure && !journaled {
+            // The file's record unknown: the change over an empty one.
+            let mut rec = Record::default();
+            change(&mut rec);
+            append_journal(self.journal, &line(&Record::default(), &rec)).map_err(|e| failed(self.journal, e))?;
+        }
+        result
+    }
+}
+
+fn append_journal(journal: &Path, line: &str) -> io::Result<()> {
+    if let Some(dir) = journal.parent() {
+        fs::create_dir_all(dir)?;
+    }
+    let mut f =
+        fs::OpenOptions::new().append(true).create(true).mode(0o600).custom_flags(NO_FOLLOW).open(journal)?;
+    f.write_all(line.as_bytes())?;
+    f.sync_all()
+}
+
+/// Applies the journal an initramfs left under /run to the system's state
+/// file, then removes it; true when there was one. Its lines are changes
+/// made at this boot on a copy that may be older than the file: each key
+/// is set over the file's record, so what happened since the copy was made
+/// stays. Applying a journal twice (a crash before its removal) gives the
+/// same file. Nothing is merged into a copy.
+pub fn merge_journal(store: &Store) -> Result<bool, StateError> {
+    let text = match fs::read_to_string(store.journal) {
+        Ok(t) => t,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(false),
+        Err(e) => return Err(StateError::Io(store.journal.to_owned(), e)),
+    };
+    let _lock = Lock::take(store.path)?;
+    let mut state = State::load(store.path)?;
+    if state.is_copy {
+        return Ok(false);
+    }
+    for (i, line) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
+        let damaged = |what: String| StateError::Damaged { path: store.journal.to_owned(), line: i + 1, what };
+        let uuid = line.split_ascii_whitespace().next().and_then(|w| w.parse::<Uuid>().ok());
+        let base = uuid.and_then(|u| state.records.get(&u)).cloned().unwrap_or_default();
+        let (uuid, rec) = parse_line(line, &base).map_err(damaged)?;
+        state.records.insert(uuid, rec);
+    }
+    state.save(store.path)?;
+    fs::remove_file(store.journal).map_err(|e| StateError::Io(store.journal.to_owned(), e))?;
+    Ok(true)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn store<'a>(path: &'a Path, journal: &'a Path) -> Store<'a> {
+        Store { path, journal }
+    }
 
     #[test]
     fn round_trip_and_damage() {
@@ -213,9 +469,11 @@ mod tests {
             Record {
                 layout: Some(Layout::Header),
                 attached: Some(Uuid::from_u128(9)),
+                pending: true,
                 stale: true,
                 state: Some(BdevState::Dirty),
                 mode: Some(CacheMode::Writeback),
+                unknown: vec![("size".into(), "2048".into())],
             },
         );
         let text = s.to_string();
@@ -226,10 +484,38 @@ mod tests {
     }
 
     #[test]
+    fn unknown_state_keys_are_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("state");
+        let u = "00000000-0000-0000-0000-000000000001";
+        fs::write(&p, format!("{HEADER}\n{u} layout=raw identity=wwn-0x5 size=99\n")).unwrap();
+        store(&p, &dir.path().join("j")).update(Uuid::from_u128(1), "a test", |r| r.stale = true).unwrap();
+        let text = fs::read_to_string(&p).unwrap();
+        assert!(text.contains(&format!("{u} layout=raw stale=1 identity=wwn-0x5 size=99")), "{text}");
+    }
+
+    #[test]
+    fn conflicting_records_are_merged_conservatively_and_reported() {
+        let u = "00000000-0000-0000-0000-000000000001";
+        let set = "00000000-0000-0000-0000-000000000009";
+        let text = format!("{HEADER}\n{u} layout=raw attached={set} mode=writeback\n{u} layout=raw stale=1 mode=writethrough\n");
+        let s = State::parse(&text, Path::new("s")).unwrap();
+        let r = s.get(&Uuid::from_u128(1)).unwrap();
+        assert!(r.stale, "the stale mark of the second record was dropped");
+        assert_eq!(r.attached, Some(Uuid::from_u128(9)));
+        assert_eq!(r.mode, Some(CacheMode::Writeback));
+        assert_eq!(s.conflicts.len(), 1);
+        assert!(s.conflicts[0].starts_with("s:3: a second record of"), "{:?}", s.conflicts);
+        let other = format!("{HEADER}\n{u} attached={set}\n{u} attached=00000000-0000-0000-0000-000000000008\n");
+        let e = State::parse(&other, Path::new("s")).unwrap_err().to_string();
+        assert!(e.contains("s:3: damaged state record (a second record of"), "{e}");
+    }
+
+    #[test]
     fn atomic_write_replaces_the_file() {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("sub/state");
-        update(&p, Uuid::from_u128(1), |r| r.stale = true).unwrap();
+        store(&p, &dir.path().join("j")).update(Uuid::from_u128(1), "a test", |r| r.stale = true).unwrap();
         let s = State::load(&p).unwrap();
         assert!(s.get(&Uuid::from_u128(1)).unwrap().stale);
         let leftovers: Vec<_> = fs::read_dir(p.parent().unwrap())
@@ -237,5 +523,90 @@ mod tests {
             .map(|e| e.unwrap().file_name().into_string().unwrap())
             .collect();
         assert_eq!(leftovers.len(), 2, "{leftovers:?}"); // state and state.lock
+    }
+
+    #[test]
+    fn planted_symlinks_are_not_followed_for_temporary_and_lock_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let victim = dir.path().join("victim");
+        fs::write(&victim, "root's file\n").unwrap();
+        let p = dir.path().join("state");
+        std::os::unix::fs::symlink(&victim, dir.path().join("state.lock")).unwrap();
+        let e = store(&p, &dir.path().join("j")).update(Uuid::from_u128(1), "a test", |r| r.stale = true);
+        assert!(e.is_err(), "a symlink as the lock file was followed");
+        fs::remove_file(dir.path().join("state.lock")).unwrap();
+        // The temporary file's first name taken by a link: another name.
+        std::os::unix::fs::symlink(&victim, dir.path().join(format!(".state.{}.0", std::process::id()))).unwrap();
+        store(&p, &dir.path().join("j")).update(Uuid::from_u128(1), "a test", |r| r.stale = true).unwrap();
+        assert_eq!(fs::read_to_string(&victim).unwrap(), "root's file\n");
+        assert!(State::load(&p).unwrap().get(&Uuid::from_u128(1)).unwrap().stale);
+    }
+
+    #[test]
+    fn a_symlinked_file_keeps_its_link_mode_and_owner() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let real = dir.path().join("real-tab");
+        fs::write(&real, "old\n").unwrap();
+        fs::set_permissions(&real, fs::Permissions::from_mode(0o640)).unwrap();
+        let link = dir.path().join("bcachetab");
+        std::os::unix::fs::symlink(&real, &link).unwrap();
+        write_atomically(&link, b"new\n").unwrap();
+        assert!(fs::symlink_metadata(&link).unwrap().file_type().is_symlink(), "the link was replaced");
+        assert_eq!(fs::read_to_string(&real).unwrap(), "new\n");
+        assert_eq!(fs::metadata(&real).unwrap().permissions().mode() & 0o7777, 0o640);
+        std::os::unix::fs::symlink(dir.path().join("nowhere"), dir.path().join("dangling")).unwrap();
+        assert!(write_atomically(&dir.path().join("dangling"), b"x").is_err());
+        assert!(!dir.path().join("nowhere").exists());
+    }
+
+    #[test]
+    fn a_copy_journals_its_changes_and_the_system_file_takes_them_over_its_newer_records() {
+        let dir = tempfile::tempdir().unwrap();
+        let copy = dir.path().join("copy");
+        let system = dir.path().join("system");
+        let journal = dir.path().join("run/state.journal");
+        let (a, b, set) = (Uuid::from_u128(1), Uuid::from_u128(2), Uuid::from_u128(9));
+        // The copy predates a's attach; the system's file has it.
+        fs::write(&copy, format!("{COPY_HEADER}\n{} layout=raw\n", a.hyphenated())).unwrap();
+        fs::write(&system, format!("{HEADER}\n{} layout=raw attached={} mode=writeback\n", a.hyphenated(), set.hyphenated()))
+            .unwrap();
+        let initramfs = store(&copy, &journal);
+        initramfs.update(a, "a test", |r| r.stale = true).unwrap();
+        initramfs.update(b, "a test", |r| r.layout = Some(Layout::Header)).unwrap();
+        let sys = store(&system, &journal);
+        assert!(merge_journal(&sys).unwrap());
+        assert!(!journal.exists());
+        let s = State::load(&system).unwrap();
+        let ra = s.get(&a).unwrap();
+        assert!(ra.stale && ra.attached == Some(set) && ra.mode == Some(CacheMode::Writeback), "{ra:?}");
+        assert_eq!(s.get(&b).unwrap().layout, Some(Layout::Header));
+        assert!(!merge_journal(&sys).unwrap(), "merged twice");
+        // A detach recorded in the copy clears the set in the system's file.
+        initramfs.update(a, "a test", |r| r.attached = Some(set)).unwrap();
+        initramfs.update(a, "a test", |r| r.attached = None).unwrap();
+        merge_journal(&sys).unwrap();
+        assert_eq!(State::load(&system).unwrap().get(&a).unwrap().attached, None);
+        // Nothing merges into a copy.
+        initramfs.update(a, "a test", |r| r.stale = false).unwrap();
+        assert!(!merge_journal(&initramfs).unwrap());
+    }
+
+    #[test]
+    fn write_ahead_fails_with_nothing_changed_when_the_file_cannot_be_written() {
+        // Root writes through mode bits: a directory that is a file fails
+        // for every user (the VM tests use a read-only mount).
+        let dir = tempfile::tempdir().unwrap();
+        let blocker = dir.path().join("var");
+        fs::write(&blocker, "").unwrap();
+        let p = blocker.join("state");
+        let e = store(&p, &dir.path().join("j")).update(Uuid::from_u128(1), "the stale mark", |r| r.stale = true);
+        let e = e.unwrap_err().to_string();
+        assert!(e.contains("cannot record the stale mark of") && e.contains("nothing was changed"), "{e}");
+        assert!(!dir.path().join("j").exists(), "a write-ahead record went to the journal");
+        // A fact the kernel reported goes to the journal instead.
+        let e = store(&p, &dir.path().join("j")).record_fact(Uuid::from_u128(1), "the attach", |r| r.stale = true);
+        assert!(e.is_err());
+        assert_eq!(fs::read_to_string(dir.path().join("j")).unwrap(), "00000000-0000-0000-0000-000000000001 stale=1\n");
     }
 }

@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context};
 use uuid::Uuid;
 
+use bcache::apply::{ApplyError, Env};
 use bcache::device::{Access, Device};
 use bcache::raw::RawBacking;
 use bcache::superblock::{BdevState, CacheMode, Role};
@@ -233,24 +234,29 @@ pub fn attach(args: &AttachArgs) -> anyhow::Result<Outcome> {
     if dir.join("cache").exists() {
         bail!("{name}: already attached to a cache set; detach it first");
     }
-    sysfs.write(&name, &dir.join("attach"), &set.hyphenated().to_string()).map_err(|e| {
-        anyhow::anyhow!("{e} (the kernel log, dmesg, says why: e.g. block size below the set's, or dirty data of another set)")
+    let env = Env::default();
+    let followed = bcache::apply::attach(&env, &name, &dir, set).map_err(|e| match e {
+        ApplyError::Sysfs(e) => anyhow::anyhow!(
+            "{e} (the kernel log, dmesg, says why: e.g. block size below the set's, or dirty data of another set)"
+        ),
+        e => e.into(),
     })?;
-    follow_in_bcachetab(&sysfs, &dir, Some(set))?;
+    if followed {
+        eprintln!("bcache: {}: cache set of {name} now {set}", env.tab.display());
+    }
     Ok(Outcome::Ok)
 }
 
-/// A bcachetab device attached or detached by hand: its line names the
-/// new set (or none), so the next boot does the same; the state file learns
-/// of the attach now (of a detach when the kernel has written back).
-fn follow_in_bcachetab(sysfs: &Sysfs, dir: &Path, set: Option<Uuid>) -> anyhow::Result<()> {
+/// A bcachetab device detached by hand: its line names no set, so the next
+/// boot does the same; the state file learns of the detach when the kernel
+/// has written back and let go.
+fn follow_detach_in_bcachetab(sysfs: &Sysfs, dir: &Path) -> anyhow::Result<()> {
     let Some(uuid) = sysfs.read(&dir.join("backing_dev_uuid")).ok().and_then(|u| u.parse::<Uuid>().ok()) else {
         return Ok(());
     };
-    let env = bcache::apply::Env::default();
-    if bcache::bcachetab::set_cset(&env.tab, &uuid, set)? {
-        bcache::apply::record_attachment(&env, &uuid, dir)?;
-        eprintln!("bcache: {}: cache set of {uuid} now {}", env.tab.display(), set.map_or("none".into(), |s| s.to_string()));
+    let env = Env::default();
+    if bcache::bcachetab::set_cset(&env.tab, &uuid, None)? {
+        eprintln!("bcache: {}: cache set of {uuid} now none", env.tab.display());
     }
     Ok(())
 }
@@ -265,7 +271,7 @@ pub fn detach(args: &DevArgs) -> anyhow::Result<Outcome> {
     // The kernel writes back dirty data before it lets go; the attribute
     // returns at once.
     sysfs.write(&name, &dir.join("detach"), "1")?;
-    follow_in_bcachetab(&sysfs, &dir, None)?;
+    follow_detach_in_bcachetab(&sysfs, &dir)?;
     Ok(Outcome::Ok)
 }
 
@@ -288,14 +294,16 @@ pub fn run(args: &RunArgs) -> anyhow::Result<Outcome> {
             BdevState::Stale.name()
         );
     }
-    sysfs.write(&name, &dir.join("running"), "1")?;
     if !attached && (state == "dirty" || state == "clean") {
-        // Marked stale by the kernel; a bcachetab device's state file must
-        // know, or the next boot would serve the set's old data.
+        // The kernel marks it stale as it runs; a bcachetab device's state
+        // file must know first, or the next boot would serve the set's old
+        // data.
+        let env = Env::default();
         let uuid = sysfs.read(&dir.join("backing_dev_uuid")).ok().and_then(|u| u.parse().ok());
-        if let Some(uuid) = uuid {
-            bcache::apply::record_forced_run(&bcache::apply::Env::default(), &uuid)?;
+        if let Some(uuid) = uuid.filter(|u| bcache::apply::is_tab_device(&env, u).unwrap_or(true)) {
+            bcache::apply::mark_stale(&env, &uuid)?;
         }
     }
+    sysfs.write(&name, &dir.join("running"), "1")?;
     Ok(Outcome::Ok)
 }

@@ -629,7 +629,7 @@ pub fn adopt(args: &AdoptArgs) -> anyhow::Result<Outcome> {
     let entry = Entry { line: 0, name: args.name.clone(), device: spec, uuid, cset, options };
     // A record proves the device new to every cache set (never attached):
     // it attaches afresh instead of waiting for a slot that does not exist.
-    state::update(&env.state, uuid, |_| {})?;
+    env.store().update(uuid, "the new device", |_| {})?;
     let line = bcachetab::append(&env.tab, &entry)?;
     let entry = Entry { line, ..entry };
     println!("{}:{line}: {entry}", env.tab.display());
