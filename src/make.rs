@@ -2,7 +2,6 @@
 //! the writes, so a refused call leaves every device as it was.
 
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
 
 use uuid::Uuid;
 
@@ -11,14 +10,12 @@ use crate::superblock::{
     BackingParams, CacheMode, CacheParams, Label, Replacement, Role, Superblock,
     BDEV_DATA_START_DEFAULT, MIN_USABLE_BUCKETS, PAGE_SECTORS,
 };
-use crate::sysfs::{Registered, Sysfs, SysfsError};
+use crate::sysfs::{Registered, SetAction, Sysfs, SysfsError};
 
 /// Default bucket size in sectors (512 KiB), as bcache-tools.
 pub const DEFAULT_BUCKET_SECTORS: u64 = 1024;
 /// Largest bucket the kernel can address (it shifts a 32-bit int).
 pub const MAX_BUCKET_SECTORS: u64 = 1 << 30;
-/// How long `--force` waits for the kernel to let go of a device.
-const RELEASE_TIMEOUT: Duration = Duration::from_secs(20);
 
 /// Why a format is refused. Nothing has been written when one is returned
 /// from [`plan`].
@@ -68,8 +65,6 @@ pub enum MakeError {
     ForeignSignature { path: PathBuf, kind: String },
     #[error("{path}: registered with bcache; stop it first, or pass --force to stop it and format")]
     Registered { path: PathBuf },
-    #[error("{path}: bcache did not release the device within {secs} s")]
-    NotReleased { path: PathBuf, secs: u64 },
     #[error(transparent)]
     Device(#[from] DeviceError),
     #[error(transparent)]
@@ -315,39 +310,12 @@ fn open_for_format(path: &Path, force: bool, sysfs: &Sysfs) -> Result<Device, Ma
     }
 }
 
-/// Stops what bcache holds and opens the device once the kernel has let go
-/// of it: the sysfs directory goes first, the exclusive claim a moment
-/// later, so the open itself is the condition polled (within a bound).
+/// Stops what bcache holds (a cache device's whole set is unregistered,
+/// its backing devices detached) and opens the device once the kernel has
+/// let go of it.
 fn release(path: &Path, reg: Registered, sysfs: &Sysfs) -> Result<Device, MakeError> {
-    let name = path.display().to_string();
-    match reg {
-        Registered::Backing(dir) => sysfs.write(&name, &dir.join("stop"), "1")?,
-        Registered::Cache { set: Some(set), .. } => {
-            sysfs.write(&name, &sysfs.set_dir(&set)?.join("unregister"), "1")?
-        }
-        Registered::Cache { set: None, dir } => {
-            return Err(SysfsError::Refused {
-                dev: name,
-                reason: format!("cache device without a set ({})", dir.display()),
-            }
-            .into())
-        }
-    }
-    let start = Instant::now();
-    loop {
-        match Device::open(path, Access::WriteExclusive) {
-            Err(DeviceError::Busy { .. }) if start.elapsed() < RELEASE_TIMEOUT => {
-                std::thread::sleep(Duration::from_millis(50))
-            }
-            Err(DeviceError::Busy { .. }) => {
-                return Err(MakeError::NotReleased {
-                    path: path.to_owned(),
-                    secs: RELEASE_TIMEOUT.as_secs(),
-                })
-            }
-            other => return Ok(other?),
-        }
-    }
+    sysfs.release(path, &reg, SetAction::Unregister)?;
+    Ok(Device::open(path, Access::WriteExclusive)?)
 }
 
 fn same_file(a: &Path, b: &Path) -> bool {
