@@ -51,6 +51,9 @@ pub enum MakeError {
     DataOffsetUnaligned { offset: u64, block: u64 },
     #[error("{path}: too small for a backing device with data offset {offset} sectors ({sectors} sectors)")]
     BackingTooSmall { path: PathBuf, offset: u64, sectors: u64 },
+    #[error("{path}: data offset {offset} sectors leaves no room for data on its {sectors} sectors; \
+             --data-offset counts 512-byte sectors: give at most {max}")]
+    DataOffsetPastEnd { path: PathBuf, offset: u64, sectors: u64, max: u64 },
     #[error("{path}: too small for a cache: {nbuckets} buckets of {bucket} sectors, the kernel needs more than {MIN_USABLE_BUCKETS}")]
     CacheTooSmall { path: PathBuf, nbuckets: u64, bucket: u64 },
     #[error("{path}: zoned device: writeback is not supported on zoned backing devices")]
@@ -206,12 +209,17 @@ pub fn plan(targets: &[Target], opts: &MakeOptions, sysfs: &Sysfs) -> Result<Pla
             }
             Role::Backing => {
                 let offset = backing_offset(&t.path, opts, zone, block)?;
-                // At least one block of data past the header.
-                if dev.sectors() < offset + block {
-                    return Err(MakeError::BackingTooSmall {
-                        path: t.path.clone(),
-                        offset,
-                        sectors: dev.sectors(),
+                // At least one block of data past the header. Checked: an
+                // offset near u64::MAX would wrap round to a small end and
+                // pass, and the kernel would size the device as a negative.
+                if offset.checked_add(block).is_none_or(|end| dev.sectors() < end) {
+                    let (path, sectors) = (t.path.clone(), dev.sectors());
+                    // The largest offset that leaves a block, when there is
+                    // one the kernel accepts: what to suggest instead.
+                    let max = sectors.checked_sub(block).map(|m| m - m % block);
+                    return Err(match max.filter(|&m| opts.data_offset.is_some() && m >= BDEV_DATA_START_DEFAULT) {
+                        Some(max) => MakeError::DataOffsetPastEnd { path, offset, sectors, max },
+                        None => MakeError::BackingTooSmall { path, offset, sectors },
                     });
                 }
                 Superblock::new_backing(&BackingParams {
@@ -263,11 +271,11 @@ fn backing_offset(
         if opts.writeback {
             return Err(MakeError::ZonedWriteback { path: path.to_owned() });
         }
-        if offset % zone != 0 {
+        if !offset.is_multiple_of(zone) {
             return Err(MakeError::ZonedUnaligned { path: path.to_owned(), zone });
         }
     }
-    if offset % block != 0 {
+    if !offset.is_multiple_of(block) {
         return Err(MakeError::DataOffsetUnaligned { offset, block });
     }
     Ok(offset)

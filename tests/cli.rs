@@ -141,6 +141,46 @@ fn bad_input_is_one_line_and_changes_nothing() {
     refused(&["super-show", "--bogus", s(&b)], Some(&b), "unexpected argument '--bogus'");
 }
 
+/// Issue 8: `--data-offset 18446744073709551608` wrapped round when the
+/// end of the data was computed (a debug build aborted, a release build
+/// wrote that offset). Offsets and sizes near u64::MAX, and offsets past
+/// the device, are refused in one line with nothing written.
+#[test]
+fn make_data_offset_near_u64_max_is_refused_without_writing() {
+    let dir = tempfile::tempdir().unwrap();
+    let b = image(dir.path(), "b.img", MIB);
+    // Non-zero bytes, so "unchanged" means something.
+    std::fs::write(&b, vec![0xa5u8; MIB as usize]).unwrap();
+    let c = image(dir.path(), "c.img", 300 * MIB);
+    let max = u64::MAX.to_string();
+    let past = |offset: &str, block: &str| {
+        let args = ["make", "-B", "-w", block, "--data-offset", offset, s(&b)];
+        refused(&args, Some(&b), &format!("data offset {offset} sectors leaves no room for data on its 2048 sectors"));
+    };
+    past(&(u64::MAX - 7).to_string(), "4k");
+    past(&max, "512");
+    past(&(1u64 << 63).to_string(), "4k");
+    past(&(u64::MAX - 7 - 2040).to_string(), "4k");
+    past("2048", "4k");
+    past("2048", "512");
+    refused(&["make", "-B", "-o", "2048", s(&b)], Some(&b), "give at most 2040");
+    refused(&["make", "-B", "-o", "18446744073709551616", s(&b)], Some(&b), "invalid value '18446744073709551616'");
+
+    refused(&["make", "-C", "-b", "16T", s(&c)], Some(&c), "bucket size 34359738368 sectors is too large");
+    refused(&["make", "-C", "-b", "8388608T", s(&c)], Some(&c), "bucket size 18014398509481984 sectors is too large");
+    refused(&["make", "-C", "-b", "16777215T", s(&c)], Some(&c), "is not a power of two");
+    refused(&["make", "-C", "-b", "16777216T", s(&c)], Some(&c), "'16777216T' is too large");
+    refused(&["make", "-C", "-b", &max, s(&c)], Some(&c), "not a whole number of 512-byte sectors");
+    refused(&["make", "-B", "-w", "1T", s(&b)], Some(&b), "block size 2147483648 sectors is larger than a page");
+    refused(&["make", "-B", "-w", "16777216T", s(&b)], Some(&b), "'16777216T' is too large");
+    refused(&["make", "-B", "-w", "18014398509481984k", s(&b)], Some(&b), "'18014398509481984k' is too large");
+
+    // The largest offset that leaves one block is taken.
+    let out = bcache(&["make", "-B", "-o", "2040", s(&b)]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(sb(&b).data_offset(), 2040);
+}
+
 #[test]
 fn wipe_bcache_overwrites_only_bcache() {
     let dir = tempfile::tempdir().unwrap();
