@@ -62,6 +62,17 @@ mod tests {
         }
         assert!(matches!(parse_bytes("99999999999999T"), Err(SizeError::Overflow(_))));
         assert!(parse_sectors("100").is_err());
+    }
+
+    #[test]
+    fn sizes_up_to_u64_max_parse_and_one_more_overflows() {
+        assert_eq!(parse_bytes("18446744073709551615"), Ok(u64::MAX));
+        assert_eq!(parse_bytes("16777215T"), Ok(((1 << 24) - 1) << 40));
+        assert_eq!(parse_bytes("18014398509481983k"), Ok(u64::MAX - 1023));
+        for over in ["18446744073709551616", "16777216T", "17179869184G", "17592186044416M", "18014398509481984k"] {
+            assert_eq!(parse_bytes(over), Err(SizeError::Overflow(over.into())), "{over}");
+        }
+        assert_eq!(parse_sectors("16777215T"), Ok(((1 << 24) - 1) << 31));
         assert!(parse_sectors("0").is_err());
     }
 }
