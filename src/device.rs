@@ -95,7 +95,9 @@ impl Device {
             // is later attached as (a loop device's is 512 unless set);
             // bcache-tools defaults its block size to the file system's
             // preferred I/O size, and so do we.
-            (meta.len(), 512, meta.blksize() as u32)
+            // Saturated: a preference, clamped to a page later, that a cast
+            // could truncate to a tiny or zero size.
+            (meta.len(), 512, u32::try_from(meta.blksize()).unwrap_or(u32::MAX))
         };
         Ok(Device {
             path: path.to_owned(),

@@ -34,6 +34,8 @@ pub enum HeaderError {
     Device(#[from] DeviceError),
     #[error("label: {0}")]
     Label(String),
+    #[error("block size {0} bytes does not fit a superblock (at most 65535 sectors); give block= a power of two from 512 to 4096")]
+    BlockSize(u32),
 }
 
 /// What goes into the header's superblock.
@@ -82,7 +84,7 @@ pub fn set_up(run_dir: &Path, dev: &Device, p: &HeaderParams) -> Result<PathBuf,
         uuid: p.uuid,
         set_uuid: p.set_uuid.unwrap_or(Uuid::nil()),
         label,
-        block_sectors: (p.block_size / 512) as u16,
+        block_sectors: u16::try_from(p.block_size / 512).map_err(|_| HeaderError::BlockSize(p.block_size))?,
         bucket_sectors: 1024,
         data_offset: HEADER_SECTORS,
         cache_mode: p.cache_mode,

@@ -336,7 +336,9 @@ impl Sysfs {
         if zoned.trim() == "none" {
             return None;
         }
-        fs::read_to_string(dir.join("queue/chunk_sectors")).ok()?.trim().parse().ok()
+        // Zero would divide by zero in the alignment checks; no zoned
+        // device reports it, but a fake or broken sysfs could.
+        fs::read_to_string(dir.join("queue/chunk_sectors")).ok()?.trim().parse().ok().filter(|&z| z > 0)
     }
 }
 
