@@ -315,6 +315,11 @@ fn identify(dev: &Path) -> DeviceIds {
     DeviceIds { fs_uuid: sig.uuid, fs_label: sig.label, ..DeviceIds::default() }
 }
 
+/// A step of a transition, where the tests inject faults ([`crate::fault`]).
+fn fault(at: &Path, point: &str) -> Result<(), ApplyError> {
+    crate::fault::point(point).map_err(|e| ApplyError::Io(at.to_owned(), e))
+}
+
 /// Serialises work on one device between processes (udev runs events of
 /// different devices, and add and change of one, concurrently).
 fn device_lock(env: &Env, uuid: &Uuid) -> Result<state::Lock, ApplyError> {
@@ -365,6 +370,7 @@ pub fn bring_up(env: &Env, entry: &Entry, path: &Path) -> Result<Status, ApplyEr
                 r.pending = true;
             }
         })?;
+        fault(path, "register:before-kernel")?;
         let shown = path.to_string_lossy().into_owned();
         match reg.layout {
             Layout::Raw => {
@@ -406,8 +412,10 @@ pub fn bring_up(env: &Env, entry: &Entry, path: &Path) -> Result<Status, ApplyEr
             ApplyError::Io(path.to_owned(), io::Error::other("registered, but bcache does not show it"))
         })?;
         let dir = env.sysfs.backing_dir(&shown, rdev)?;
+        fault(path, "register:after-kernel")?;
         record_attachment(env, &entry.uuid, &dir)?;
         for t in &entry.options.tunables {
+            fault(&dir.join(t.attr), "tunable")?;
             env.sysfs.write(&shown, &dir.join(t.attr), &t.value)?;
         }
     }
@@ -480,11 +488,13 @@ pub fn attach(env: &Env, name: &str, dir: &Path, set: Uuid) -> Result<bool, Appl
     let old_set = Tab::load(&env.tab).map_err(|e| ApplyError::Io(env.tab.clone(), e))?.by_uuid(&uuid).and_then(|e| e.cset);
     let before = before_attach(env, &uuid, set)?;
     crate::bcachetab::set_cset(&env.tab, &uuid, Some(set))?;
+    fault(dir, "attach:before-kernel")?;
     if let Err(e) = env.sysfs.write(name, &dir.join("attach"), &set.hyphenated().to_string()) {
         crate::bcachetab::set_cset(&env.tab, &uuid, old_set)?;
         undo_attach(env, &uuid, before)?;
         return Err(e.into());
     }
+    fault(dir, "attach:after-kernel")?;
     record_attachment(env, &uuid, dir)?;
     Ok(true)
 }
@@ -572,6 +582,7 @@ pub fn wait(env: &Env, entry: &Entry) -> Result<Waited, ApplyError> {
         match (&st, dir) {
             (Status::Waiting { dirty: false, .. }, Some(dir)) if SystemTime::now() >= deadline => {
                 mark_stale(env, &entry.uuid)?;
+                fault(&dir, "run:before-kernel")?;
                 let shown = dir.display().to_string();
                 env.sysfs.write(&shown, &dir.join("running"), "1")?;
                 return Ok(Waited::RanWithout { after: timeout });
@@ -621,6 +632,24 @@ fn note(r: &mut Record, set: Option<Uuid>, st: Option<BdevState>, mode: Option<C
     if mode.is_some() {
         r.mode = mode;
     }
+}
+
+/// Brings the state file up to what happened while it could not be
+/// written or was a copy, and to what the kernel shows now: the journal
+/// an initramfs (or a failed record) left, what the kernel wrote into the
+/// headers, and the attach of each registered device. Towards the
+/// conservative side only: an attach is recorded, a detach only as the
+/// kernel reported it. True when a journal was merged.
+pub fn reconcile(env: &Env, tab: &Tab) -> Result<bool, ApplyError> {
+    let merged = state::merge_journal(&env.store())?;
+    sync_headers(env, tab)?;
+    let resolver = Resolver::default();
+    for e in &tab.entries {
+        if let (_, Some(dir)) = live(env, &resolver, e) {
+            record_attachment(env, &e.uuid, &dir)?;
+        }
+    }
+    Ok(merged)
 }
 
 /// [`sync_headers`] for the system's bcachetab, when there is one: after

@@ -6,6 +6,7 @@
 pub mod apply;
 pub mod bcachetab;
 pub mod device;
+pub mod fault;
 pub mod header;
 pub mod make;
 pub mod raw;

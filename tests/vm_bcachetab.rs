@@ -157,6 +157,19 @@ fn patched_module_raw_layout_survives_power_loss() {
 /// when it attaches, never served over what was written since.
 #[test]
 fn forced_run_is_recorded_stale_and_old_cache_data_is_never_served() {
+    forced_run_then_cache_back(false);
+}
+
+/// Finding: `bcache run --force` on a device with no record printed
+/// "marked stale" and recorded nothing (the state file lost, or a line
+/// written by hand). Now the forced run creates the record, before the
+/// kernel runs the device.
+#[test]
+fn forced_run_without_a_record_creates_one_and_old_cache_data_is_never_served() {
+    forced_run_then_cache_back(true);
+}
+
+fn forced_run_then_cache_back(no_record: bool) {
     let scratch = Scratch::new();
     let backing = scratch.image("backing.img", 64 * MIB);
     let cache = scratch.image("cache.img", 300 * MIB);
@@ -189,12 +202,17 @@ fn forced_run_is_recorded_stale_and_old_cache_data_is_never_served() {
     let mut vm2 = guest(false);
     vm2.disk(&backing).disk(&blank).file("/root/c", c.clone(), false);
     carry(&mut vm2, &out);
+    // The record lost after the device was registered (the state file
+    // deleted, or a line for a device registered by hand).
+    let forget = if no_record { "rm /var/lib/bcache/state" } else { "" };
     let out2 = vm2.run(&format!(
         r#"{RES}
         bcache tab apply --all || true
+        {forget}
         D=/dev/$(ls /sys/block | grep '^dm-' | head -1)
         emit plain_run "$(res bcache run $D)"
         emit forced "$(res bcache run --force $D)"
+        section state_after_run cat /var/lib/bcache/state
         wait_for /dev/bcache0
         check write_c dd if=/root/c of=/dev/bcache0 {AT} oflag=direct
         section list bcache tab list
@@ -204,6 +222,9 @@ fn forced_run_is_recorded_stale_and_old_cache_data_is_never_served() {
     out2.assert_ok();
     assert!(out2.expect_value("plain_run").contains("--force"), "{}", out2.expect_value("plain_run"));
     assert!(out2.expect_value("forced").contains("marked stale"), "{}", out2.expect_value("forced"));
+    // Recorded by the forced run itself, before anything reads the kernel's
+    // view back (tab list reconciles).
+    assert!(out2.section("state_after_run").contains("stale=1"), "{}", out2.section("state_after_run"));
     assert!(out2.section("state").contains("stale=1"), "{}", out2.section("state"));
 
     let mut vm3 = guest(false);

@@ -106,6 +106,7 @@ pub enum TabCommand {
     /// describes (from its own properties, in the environment).
     #[command(hide = true)]
     Match(MatchArgs),
+    Reconcile(ReconcileArgs),
     /// For udev rules: record the state a raw-registered device's change
     /// uevent carries (BCACHE_UUID, BCACHE_STATE, ...).
     #[command(hide = true)]
@@ -182,6 +183,18 @@ pub struct CheckArgs {
     files: Files,
 }
 
+/// Bring the state file up to date: merge what the initramfs recorded
+/// (its journal under /run/bcache, which survives switch_root), what the
+/// kernel wrote into the headers of stock kernels, and each registered
+/// device's attach. Run at boot once /var is writable
+/// (bcachetab-reconcile.service); `tab apply`, `tab list` and `tab check`
+/// merge the journal too.
+#[derive(clap::Args, Debug)]
+pub struct ReconcileArgs {
+    #[command(flatten)]
+    files: Files,
+}
+
 /// List bcachetab's devices with their live state (up, waiting and why,
 /// down, missing).
 #[derive(clap::Args, Debug)]
@@ -210,6 +223,7 @@ pub fn tab(args: &TabArgs) -> anyhow::Result<Outcome> {
         TabCommand::Check(a) => check(a),
         TabCommand::List(a) => list(a),
         TabCommand::Wait(a) => wait(a),
+        TabCommand::Reconcile(a) => reconcile(a),
         TabCommand::Match(a) => udev_match(a),
         TabCommand::Record(a) => {
             apply::record_uevent(&a.files.env(), &env_prop)?;
@@ -233,6 +247,10 @@ fn at_line(tab_path: &Path, e: &Entry) -> String {
 
 pub fn apply_cmd(args: &ApplyArgs) -> anyhow::Result<Outcome> {
     let env = args.files.env();
+    // What the initramfs recorded decides how its devices come up here.
+    if let Err(e) = state::merge_journal(&env.store()) {
+        eprintln!("bcache tab apply: {e}");
+    }
     if let Some(outcome) = apply_one(&env, args)? {
         return Ok(outcome);
     }
@@ -376,18 +394,44 @@ fn wait(args: &WaitArgs) -> anyhow::Result<Outcome> {
     Ok(if failed { Outcome::Exit(1) } else { Outcome::Ok })
 }
 
+fn reconcile(args: &ReconcileArgs) -> anyhow::Result<Outcome> {
+    let env = args.files.env();
+    let tab = load_tab(&env.tab)?;
+    let failed = report_tab_errors(&tab);
+    if apply::reconcile(&env, &tab)? {
+        eprintln!("bcache tab reconcile: {}: merged what the initramfs recorded", env.state.display());
+    }
+    Ok(if failed { Outcome::Exit(1) } else { Outcome::Ok })
+}
+
+/// The state file, with its conflicts reported; damage is reported and
+/// read as an empty state (which registers conservatively).
+fn load_state(env: &Env) -> (State, bool) {
+    match State::load(&env.state) {
+        Ok(s) => {
+            for c in &s.conflicts {
+                eprintln!("bcache tab: {c}");
+            }
+            let clean = s.conflicts.is_empty();
+            (s, clean)
+        }
+        Err(e) => {
+            eprintln!("bcache tab: {e}");
+            (State::default(), false)
+        }
+    }
+}
+
 fn check(args: &CheckArgs) -> anyhow::Result<Outcome> {
     let env = args.files.env();
     let tab = load_tab(&env.tab)?;
     let mut failed = report_tab_errors(&tab);
-    let st = match State::load(&env.state) {
-        Ok(s) => s,
-        Err(e) => {
-            eprintln!("bcache tab: {e}");
-            failed = true;
-            State::default()
-        }
-    };
+    if let Err(e) = apply::reconcile(&env, &tab) {
+        eprintln!("bcache tab: {e}");
+        failed = true;
+    }
+    let (st, clean) = load_state(&env);
+    failed |= !clean;
     let has_raw = Sysfs::default().bcache_dir().is_ok_and(|d| d.join("register_raw").exists());
     let resolver = apply::Resolver::default();
     for e in &tab.entries {
@@ -423,10 +467,10 @@ fn list(args: &ListArgs) -> anyhow::Result<Outcome> {
     let env = args.files.env();
     let tab = load_tab(&env.tab)?;
     report_tab_errors(&tab);
-    // What the kernel wrote into headers since the last look; a reader
-    // without write access to the state file still gets the list.
-    let _ = apply::sync_headers(&env, &tab);
-    let st = State::load(&env.state).unwrap_or_default();
+    // What the initramfs and the kernel recorded since the last look; a
+    // reader without write access to the state file still gets the list.
+    let _ = apply::reconcile(&env, &tab);
+    let (st, _) = load_state(&env);
     let resolver = apply::Resolver::default();
     let mut rows: Vec<Row> = tab
         .entries
