@@ -318,7 +318,7 @@ impl Sysfs {
             let Some(held) = still_held(set, members) else { return Ok(()) };
             if start.elapsed() >= timeout {
                 let secs = timeout.as_secs();
-                return Err(SysfsError::NotReleased { dev: name.to_owned(), why: held.explain(action, secs) });
+                return Err(SysfsError::NotReleased { dev: name.to_owned(), why: held.explain(name, action, secs) });
             }
             std::thread::sleep(pause);
             pause = (pause * 2).min(Duration::from_millis(50));
@@ -351,7 +351,7 @@ enum Held {
 }
 
 impl Held {
-    fn explain(&self, action: &str, secs: u64) -> String {
+    fn explain(&self, dev: &str, action: &str, secs: u64) -> String {
         match self {
             Held::Set(set) => format!(
                 "cache set {set} still registered {secs} s after '{action}': its backing devices \
@@ -363,12 +363,15 @@ impl Held {
                  /dev/bcacheN is mounted or open, unmount or close it and the kernel finishes",
                 dir.display()
             ),
-            Held::Open(node) => format!(
-                "{} still open exclusively {secs} s after '{action}' (by bcache while its \
-                 /dev/bcacheN is mounted or open, or by another program: see fuser -v {0}); \
-                 close it and try again",
-                node.display()
-            ),
+            Held::Open(node) => {
+                let node = node.display().to_string();
+                let which = if node == dev { String::new() } else { format!("{node} ") };
+                format!(
+                    "{which}still open exclusively {secs} s after '{action}': by bcache while its \
+                     /dev/bcacheN is mounted or open (unmount or close it, and the kernel finishes \
+                     the {action}), or by another program (see fuser -v {node})"
+                )
+            }
         }
     }
 }
