@@ -156,7 +156,8 @@ fn make_register_io_attach_detach_stop() {
 /// device, a cache set stopped (which stops its backing device too),
 /// unregistered by uuid and by its cache device. (Issue 8: a register right after a stop
 /// was refused as busy, the stop having returned before the kernel's
-/// deferred release of the device.)
+/// deferred release of the device.) A stop the kernel cannot finish, its
+/// /dev/bcacheN held open, fails after the bound and says why.
 #[test]
 fn register_right_after_stop_finds_the_device_free() {
     const ROUNDS: u32 = 20;
@@ -212,12 +213,26 @@ fn register_right_after_stop_finds_the_device_free() {
         emit centiseconds $(( $(now_cs) - start ))
         wait_for /sys/block/vdb/bcache/cache
         check_eq still_attached "$CSET" "$(basename "$(readlink /sys/block/vdb/bcache/cache)")"
+
+        # An open /dev/bcacheN holds the backing device past the bound.
+        B=$(bcache_of /dev/vdb)
+        exec 3<"$B"
+        emit held "$(res bcache stop /dev/vdb)"
+        exec 3<&-
+        # Nothing of ours to wait on: the kernel finishes once it is closed.
+        check register_after_close wait_until 30 bcache register /dev/vdb
         "#
     )));
     let fails = out.value("fails").unwrap();
     eprintln!("{ROUNDS} rounds in {} cs", out.value("centiseconds").unwrap_or("?"));
     assert_eq!(out.value("rounds"), Some(ROUNDS.to_string().as_str()));
     assert!(fails == "0", "{fails} refusals in {ROUNDS} rounds; the first: {}", out.value("first").unwrap_or(""));
+    let held = out.value("held").unwrap();
+    assert!(
+        held.starts_with("bcache stop: /dev/vdb: still open exclusively 30 s after 'stop': by bcache while its /dev/bcacheN is mounted or open")
+            && held.ends_with("status=1"),
+        "{held}"
+    );
 }
 
 /// A dirty device waits for its cache set; `run` refuses it without
