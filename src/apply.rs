@@ -382,6 +382,7 @@ pub fn bring_up(env: &Env, entry: &Entry, path: &Path) -> Result<Status, ApplyEr
                     cache_mode: reg.mode,
                     state: reg.state,
                     label: entry.options.label.clone(),
+                    size: None,
                 };
                 raw.validate(&dev)?;
                 env.sysfs.register_raw(&shown, &raw.line(&shown))?;

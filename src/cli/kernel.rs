@@ -61,6 +61,10 @@ pub struct RegisterArgs {
     /// --raw: label (at most 32 bytes, no whitespace).
     #[arg(long, value_name = "LABEL", default_value = "", requires = "raw")]
     label: String,
+    /// --raw: the device's size in sectors as recorded; a device smaller
+    /// than that is refused (it must not shrink under its cache).
+    #[arg(long, value_name = "SECTORS", requires = "raw")]
+    size: Option<u64>,
     /// Devices to register (one with --raw).
     #[arg(value_name = "DEVICE", required = true)]
     devices: Vec<PathBuf>,
@@ -174,6 +178,7 @@ fn register_raw(sysfs: &Sysfs, args: &RegisterArgs) -> anyhow::Result<Outcome> {
         cache_mode: args.mode,
         state: args.state,
         label: args.label.clone(),
+        size: args.size,
     };
     let device = Device::open(dev, Access::Read)?;
     raw.validate(&device).with_context(|| dev.display().to_string())?;
