@@ -1,8 +1,12 @@
 //! The register_raw patch (kernel/register_raw.patch) in the real kernel:
 //! the module built by kernel/build.sh replaces Debian's bcache.ko in the
-//! guest.
+//! guest. `BCACHE_VM_RAW_MODULE=PATH` boots another build instead (one of
+//! an older patch, say, to see which scenarios it fails).
 
 mod common;
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
 
 use common::{pattern, RES};
 use common::vm::{Scratch, Vm};
@@ -11,9 +15,62 @@ const MIB: u64 = 1 << 20;
 
 fn patched_vm() -> Vm {
     let mut vm = Vm::new();
-    let ko = common::patched_module(&vm);
+    let ko = match std::env::var_os("BCACHE_VM_RAW_MODULE") {
+        Some(p) => PathBuf::from(p),
+        None => common::patched_module(&vm),
+    };
     vm.host_file(&ko, "/lib/modules/bcache.ko");
     vm
+}
+
+/// Guest shell: `stop_set CSET` stops a cache set and waits until bcache
+/// has let it go: its sysfs directory goes first, then it leaves bcache's
+/// list of sets and its cache device is closed, just before the kernel
+/// says "Cache set CSET unregistered".
+const STOP_SET: &str = r#"
+stop_set() {
+    _n=$(dmesg | grep -c "Cache set $1 unregistered" || :)
+    echo 1 > /sys/fs/bcache/$1/stop
+    wait_until 60 sh -c "[ \$(dmesg | grep -c 'Cache set $1 unregistered') -gt $_n ]"
+}
+"#;
+
+/// Guest shell (with STOP_SET): a writeback device registered raw on a new
+/// cache set (vda) gets /root/data.bin written through it, all of it dirty
+/// in the cache (no sequential bypass, the writeback thread stopped); then
+/// device and set are stopped: the data is in the cache, not on vdb. Sets
+/// U and CSET.
+const DIRTY_IN_CACHE: &str = r#"
+dirty_in_cache() {
+    U=$1
+    check make_cache bcache make -C /dev/vda
+    CSET=$(bcache super-show --json /dev/vda | sed -n 's/.*"set_uuid": "\(.*\)".*/\1/p')
+    check register_cache bcache register /dev/vda
+    check register_raw sh -c "echo '/dev/vdb $U $CSET cache_mode=writeback' > /sys/fs/bcache/register_raw"
+    B=$(bcache_of /dev/vdb)
+    wait_for /sys/block/vdb/bcache/cache
+    echo 0 > /sys/block/vdb/bcache/writeback_running
+    echo 0 > /sys/block/vdb/bcache/sequential_cutoff
+    check write dd if=/root/data.bin of="$B" bs=64k conv=fsync
+    check_eq dirty dirty "$(cat /sys/block/vdb/bcache/state)"
+    emit dirty_data "$(cat /sys/block/vdb/bcache/dirty_data)"
+    check stop_backing bcache stop /dev/vdb
+    wait_gone /sys/block/vdb/bcache
+    stop_set $CSET
+    echo 3 > /proc/sys/vm/drop_caches
+    check_fails raw_lacks_dirty_data sh -c "cmp -s -n $(stat -c %s /root/data.bin) /dev/vdb /root/data.bin"
+}
+"#;
+
+/// 8 MiB of data, dirty in the cache.
+const DIRTY_LEN: usize = 8 << 20;
+
+/// The guest's sha256 of the device and of the data written: `sum` and
+/// `want` (emitted by the scenario), equal and non-empty.
+fn assert_same_sum(out: &common::vm::VmOutput) {
+    let (sum, want) = (out.expect_value("sum"), out.expect_value("want"));
+    assert!(want.len() >= 64, "no checksum: {want:?}");
+    assert_eq!(sum, want, "the device does not hold the data written (sha256)");
 }
 
 
@@ -66,7 +123,7 @@ fn raw_dirty_device_waits_for_its_cache_set() {
     let mut vm = patched_vm();
     vm.disk(&cache).disk(&backing).file("/root/data.bin", data.clone(), false);
     let out = vm.run(&format!(
-        r#"{RES}
+        r#"{RES}{STOP_SET}
         U=0b0c0d0e-1a2b-4c3d-8e4f-5a6b7c8d9e0f
         # Record every raw-device uevent (they replace superblock writes).
         uevent sh -c '[ -n "$BCACHE_RAW" ] && echo "ev $BCACHE_STATE $BCACHE_SET_UUID $BCACHE_CACHE_MODE $BCACHE_LABEL" >> /tmp/uevents' &
@@ -83,8 +140,7 @@ fn raw_dirty_device_waits_for_its_cache_set() {
         # Stop both without writing back: the dirty data stays in the cache.
         check stop_backing bcache stop /dev/vdb
         wait_gone /sys/block/vdb/bcache
-        echo 1 > /sys/fs/bcache/$CSET/stop
-        wait_gone /sys/fs/bcache/$CSET
+        stop_set $CSET
         check_fails raw_lacks_dirty_data sh -c "dd if=/dev/vdb bs=64k count=64 2>/dev/null | cmp -s - /root/data.bin"
 
         check register_raw_dirty sh -c "echo '/dev/vdb $U $CSET cache_mode=writeback state=dirty label=raw1' > /sys/fs/bcache/register_raw"
@@ -154,7 +210,7 @@ fn hostile_lines(n: usize, taken: (&str, &str), cache: &str, formatted: &str, fr
     let mut lines = Vec::with_capacity(n);
     for i in 0..n {
         let u = rng.uuid();
-        let line: Vec<u8> = match i % 12 {
+        let line: Vec<u8> = match i % 14 {
             0 => (0..1 + rng.below(200)).map(|_| rng.next() as u8).collect(),
             1 => vec![b'a' + (i % 26) as u8; 1025 + rng.below(3000) as usize],
             2 => {
@@ -202,6 +258,34 @@ fn hostile_lines(n: usize, taken: (&str, &str), cache: &str, formatted: &str, fr
             8 => format!("{cache} {u} none").into_bytes(),
             9 => format!("{} {u} none", taken.0).into_bytes(),
             10 => format!("{formatted} {u} none").into_bytes(),
+            // A valid uuid with something after it (uuid_parse reads 36
+            // characters only), as the device's or the cache set's uuid.
+            12 => {
+                let junk = rng.pick(&["junk", "0", "-", "f", "{}", "-0000", "ab-cd", "\u{e9}"]);
+                if rng.below(2) == 0 {
+                    format!("{free} {u}{junk} none").into_bytes()
+                } else {
+                    format!("{free} {u} {}{junk}", rng.uuid()).into_bytes()
+                }
+            }
+            // size= the device cannot have, or that is no size at all
+            // ({free} has 131072 sectors).
+            13 => {
+                let opt = rng.pick(&[
+                    "size=0",
+                    "size=-1",
+                    "size=",
+                    "size=1x",
+                    "size=0x100",
+                    "size=131073",
+                    "size=18446744073709551615",
+                    "size=99999999999999999999999",
+                    "size=8 data_offset=8",
+                    "data_offset=1024 size=1024",
+                    "size=131072 size=131072",
+                ]);
+                format!("{free} {u} none {opt}").into_bytes()
+            }
             _ => {
                 let tail = rng.pick(&[
                     "cache_mode=writeback cache_mode=writeback",
@@ -318,4 +402,392 @@ fn raw_forced_run_reports_stale() {
     ));
     let refused = out.value("refused").unwrap();
     assert!(refused.contains("would lose those writes") && refused.ends_with("status=1"), "{refused}");
+}
+
+/// 8 MiB dirty in the cache of a writeback device; device and set stopped,
+/// the set registered again. register_raw with state none is refused (the
+/// set holds data for the uuid: attaching in state none would invalidate
+/// its slot, and the dirty data with it); with state=dirty the device
+/// comes back with all the data.
+#[test]
+fn raw_state_none_is_refused_while_the_set_holds_dirty_data() {
+    let scratch = Scratch::new();
+    let mut vm = patched_vm();
+    vm.disk(&scratch.image("cache.img", 300 * MIB)).disk(&scratch.image("backing.img", 64 * MIB));
+    vm.file("/root/data.bin", pattern(DIRTY_LEN, 0xd1d2), false);
+    let out = vm.run(&format!(
+        r#"{RES}{STOP_SET}{DIRTY_IN_CACHE}
+        dirty_in_cache 4d4d4d4d-1a2b-4c3d-8e4f-5a6b7c8d9e01
+        check register_cache_again bcache register /dev/vda
+        kmsg_mark none
+        emit none_line "$(res sh -c "echo '/dev/vdb $U $CSET cache_mode=writeback state=none' > /sys/fs/bcache/register_raw")"
+        check_fails none_not_registered test -e /sys/block/vdb/bcache
+        dmesg_section none_dmesg none
+        emit ours_none "$(res bcache register --raw /dev/vdb --uuid $U --cset $CSET --mode writeback)"
+        check_fails still_not_registered test -e /sys/block/vdb/bcache
+        check register_dirty sh -c "echo '/dev/vdb $U $CSET cache_mode=writeback state=dirty' > /sys/fs/bcache/register_raw"
+        B=$(bcache_of /dev/vdb)
+        check attached test -e /sys/block/vdb/bcache/cache
+        check_eq still_dirty dirty "$(cat /sys/block/vdb/bcache/state)"
+        emit sum "$(dd if=$B bs=64k count={blocks} 2>/dev/null | sha256sum)"
+        emit want "$(sha256sum < /root/data.bin)"
+        check dirty_data_intact sh -c "dd if=$B bs=64k count={blocks} 2>/dev/null | cmp - /root/data.bin"
+        "#,
+        blocks = DIRTY_LEN / 65536,
+    ));
+    assert_eq!(out.expect_value("dirty_data"), "8.0M", "not 8 MiB dirty before the stop");
+    let none = out.expect_value("none_line");
+    assert!(none.ends_with("status=1") && none.contains("File exists"), "state none accepted: {none}");
+    let dmesg = out.section("none_dmesg");
+    assert!(
+        dmesg.contains("register_raw: cache set holds data for this uuid: register with state=clean or state=dirty (or state=stale to drop that data)"),
+        "{dmesg}"
+    );
+    let ours = out.expect_value("ours_none");
+    assert!(ours.contains("cache set holds data for this uuid") && ours.ends_with("status=1"), "{ours}");
+    assert_same_sum(&out);
+}
+
+/// The other order: the device is registered raw in state none before its
+/// set, and runs at once. When the set comes, the attach is refused and
+/// the slot kept (the old module invalidated it: the dirty data was gone);
+/// the device stays detached. Stopped and registered again as dirty, it
+/// has all its data.
+#[test]
+fn raw_state_none_device_does_not_take_the_slot_of_a_set_registered_after_it() {
+    let scratch = Scratch::new();
+    let mut vm = patched_vm();
+    vm.disk(&scratch.image("cache.img", 300 * MIB)).disk(&scratch.image("backing.img", 64 * MIB));
+    vm.file("/root/data.bin", pattern(DIRTY_LEN, 0xd1d3), false);
+    let out = vm.run(&format!(
+        r#"{RES}{STOP_SET}{DIRTY_IN_CACHE}
+        dirty_in_cache 4d4d4d4d-1a2b-4c3d-8e4f-5a6b7c8d9e02
+        check register_none sh -c "echo '/dev/vdb $U $CSET cache_mode=writeback' > /sys/fs/bcache/register_raw"
+        bcache_of /dev/vdb
+        kmsg_mark set_after
+        check register_cache_again bcache register /dev/vda
+        wait_for /sys/fs/bcache/$CSET
+        check_fails not_attached test -e /sys/block/vdb/bcache/cache
+        check_eq still_running 1 "$(cat /sys/block/vdb/bcache/running)"
+        check_eq still_none "no cache" "$(cat /sys/block/vdb/bcache/state)"
+        dmesg_section set_after_dmesg set_after
+        check stop_none bcache stop /dev/vdb
+        wait_gone /sys/block/vdb/bcache
+        check register_dirty sh -c "echo '/dev/vdb $U $CSET cache_mode=writeback state=dirty' > /sys/fs/bcache/register_raw"
+        B=$(bcache_of /dev/vdb)
+        check attached test -e /sys/block/vdb/bcache/cache
+        emit sum "$(dd if=$B bs=64k count={blocks} 2>/dev/null | sha256sum)"
+        emit want "$(sha256sum < /root/data.bin)"
+        check dirty_data_intact sh -c "dd if=$B bs=64k count={blocks} 2>/dev/null | cmp - /root/data.bin"
+        "#,
+        blocks = DIRTY_LEN / 65536,
+    ));
+    let dmesg = out.section("set_after_dmesg");
+    assert!(
+        dmesg.contains("Not attaching vdb to set ") && dmesg.contains("registered raw with state none"),
+        "no refusal in the kernel log:\n{dmesg}"
+    );
+    assert_same_sum(&out);
+}
+
+/// A uuid field is exactly a uuid: one with anything after its 36
+/// characters (which uuid_parse alone ignores) is refused, backing or
+/// cache set uuid, and the device is not registered under the uuid it
+/// starts with.
+#[test]
+fn register_raw_refuses_a_uuid_with_trailing_junk() {
+    let scratch = Scratch::new();
+    let mut vm = patched_vm();
+    vm.disk(&scratch.image("b.img", 64 * MIB));
+    let out = vm.run(&format!(
+        r#"{RES}
+        U=1a1a1a1a-2b2b-4c4c-8d8d-3e3e3e3e3e3e
+        S=5f5f5f5f-6a6a-4b4b-8c8c-7d7d7d7d7d7d
+        kmsg_mark junk
+        for l in "$U"junk "$U"0 "$U"- "${{U}}{{}}" "$U $S"junk "$U $S"0 "${{U%?}}" "$U ${{S%?}}"; do
+            emit junk "$(res sh -c "echo '/dev/vda $l' > /sys/fs/bcache/register_raw")"
+        done
+        check_fails none_registered test -e /sys/block/vda/bcache
+        dmesg_section junk_dmesg junk
+        check good sh -c "echo '/dev/vda $U $S' > /sys/fs/bcache/register_raw"
+        wait_for /sys/block/vda/bcache/running
+        check_eq uuid "$U" "$(cat /sys/block/vda/bcache/backing_dev_uuid)"
+        "#
+    ));
+    let junk = out.values("junk");
+    assert_eq!(junk.len(), 8, "{junk:?}");
+    for r in &junk {
+        assert!(r.ends_with("status=1"), "a uuid with junk was accepted: {junk:?}");
+    }
+    let dmesg = out.section("junk_dmesg");
+    assert_eq!(dmesg.matches("register_raw: bad backing device uuid").count(), 5, "{dmesg}");
+    assert_eq!(dmesg.matches("register_raw: bad cache set uuid").count(), 3, "{dmesg}");
+}
+
+/// size= is the device size user space recorded: a device smaller than
+/// that is refused (it must not shrink under its cache), one of that size
+/// or larger registers. Our front end refuses first, with its own words.
+#[test]
+fn register_raw_refuses_a_device_smaller_than_its_recorded_size() {
+    let scratch = Scratch::new();
+    let mut vm = patched_vm();
+    vm.disk(&scratch.image("b.img", 64 * MIB));
+    let sectors = 64 * MIB / 512;
+    let out = vm.run(&format!(
+        r#"{RES}
+        U=2b2b2b2b-3c3c-4d4d-8e8e-4f4f4f4f4f4f
+        check_eq sectors {sectors} "$(cat /sys/block/vda/size)"
+        kmsg_mark size
+        emit bigger "$(res sh -c "echo '/dev/vda $U none size={bigger}' > /sys/fs/bcache/register_raw")"
+        check_fails not_registered test -e /sys/block/vda/bcache
+        dmesg_section size_dmesg size
+        emit ours_bigger "$(res bcache register --raw /dev/vda --uuid $U --size {bigger})"
+        check equal sh -c "echo '/dev/vda $U none size={sectors}' > /sys/fs/bcache/register_raw"
+        bcache_of /dev/vda
+        check stop bcache stop /dev/vda
+        wait_gone /sys/block/vda/bcache
+        check grown sh -c "echo '/dev/vda $U none size={half}' > /sys/fs/bcache/register_raw"
+        bcache_of /dev/vda
+        check stop_again bcache stop /dev/vda
+        wait_gone /sys/block/vda/bcache
+        check ours_equal bcache register --raw /dev/vda --uuid $U --size {sectors}
+        bcache_of /dev/vda
+        "#,
+        bigger = sectors + 1,
+        half = sectors / 2,
+    ));
+    let bigger = out.expect_value("bigger");
+    assert!(bigger.ends_with("status=1"), "a device smaller than size= registered: {bigger}");
+    let dmesg = out.section("size_dmesg");
+    let want = format!("register_raw: device has {sectors} sectors, fewer than size={}: a device must not shrink under its cache", sectors + 1);
+    assert!(dmesg.contains(&want), "{dmesg}");
+    let ours = out.expect_value("ours_bigger");
+    assert!(ours.contains("must not shrink under its cache") && ours.ends_with("status=1"), "{ours}");
+}
+
+/// The uuids of flash-only volumes in the uuid table of a cache image
+/// (bcache's uuid_entry: uuid at 0, label at 16, first_reg at 48, last_reg
+/// at 52, invalidated at 56, flags at 60, sectors at 64; 128 bytes each, in
+/// a bucket-aligned table) whose size is `sectors`.
+fn flash_volume_uuids(img: &Path, sectors: u64) -> Vec<uuid::Uuid> {
+    let data = std::fs::read(img).unwrap();
+    let le32 = |b: &[u8], at: usize| u32::from_le_bytes(b[at..at + 4].try_into().unwrap());
+    let mut found: Vec<uuid::Uuid> = data
+        .chunks_exact(128)
+        .filter(|e| {
+            le32(e, 60) == 1
+                && u64::from_le_bytes(e[64..72].try_into().unwrap()) == sectors
+                && le32(e, 56) == 0
+                && le32(e, 48) != 0
+                && le32(e, 48) == le32(e, 52)
+                && e[16..48].iter().all(|&b| b == 0)
+                && e[72..].iter().all(|&b| b == 0)
+                && e[..16].iter().any(|&b| b != 0)
+        })
+        .map(|e| uuid::Uuid::from_slice(&e[..16]).unwrap())
+        .collect();
+    found.sort();
+    found.dedup();
+    found
+}
+
+/// A flash-only volume's uuid (learnt from the cache's uuid table on disk:
+/// the kernel shows it nowhere) is refused at register_raw whatever the
+/// state, and a raw device registered with it before the set comes does
+/// not get its slot: neither in state clean (which would serve the
+/// volume's data as the device's) nor in state stale (which would
+/// invalidate the slot). The volume keeps its data.
+#[test]
+fn a_flash_only_volume_uuid_is_never_a_raw_device() {
+    let scratch = Scratch::new();
+    let cache = scratch.image("cache.img", 300 * MIB);
+    let flash_data = pattern(2 << 20, 0xf1a5);
+    let flash_sectors = 16 * MIB / 512;
+    let mut vm = patched_vm();
+    vm.disk(&cache).disk(&scratch.image("backing.img", 64 * MIB));
+    vm.file("/root/flash.bin", flash_data, false);
+    let volume = r#"
+        flash_dev() {
+            wait_for /sys/fs/bcache/$CSET/volume0
+            _v=$(readlink -f /sys/fs/bcache/$CSET/volume0)
+            _v=${_v%/bcache}
+            wait_for /dev/${_v##*/}
+            echo /dev/${_v##*/}
+        }
+        flash_intact() {
+            cmp -n $(stat -c %s /root/flash.bin) "$(flash_dev)" /root/flash.bin
+        }
+    "#;
+    let first = vm.run(&format!(
+        r#"{RES}{STOP_SET}{volume}
+        check make_cache bcache make -C /dev/vda
+        CSET=$(bcache super-show --json /dev/vda | sed -n 's/.*"set_uuid": "\(.*\)".*/\1/p')
+        emit cset $CSET
+        check register_cache bcache register /dev/vda
+        check flash_vol_create sh -c "echo 16M > /sys/fs/bcache/$CSET/flash_vol_create"
+        F=$(flash_dev)
+        check write_flash dd if=/root/flash.bin of=$F bs=64k conv=fsync
+        stop_set $CSET
+        "#
+    ));
+    let cset = first.expect_value("cset").to_string();
+    let uuids = flash_volume_uuids(&cache, flash_sectors);
+    assert_eq!(uuids.len(), 1, "flash volume uuids in the cache's uuid table: {uuids:?}");
+    let fu = uuids[0].hyphenated().to_string();
+    let out = vm.run(&format!(
+        r#"{RES}{STOP_SET}{volume}
+        CSET={cset}
+        FU={fu}
+        check register_cache bcache register /dev/vda
+        check flash_intact flash_intact
+        kmsg_mark flash
+        for l in "$FU none" "$FU $CSET state=clean" "$FU $CSET state=stale" "$FU $CSET"; do
+            emit flash "$(res sh -c "echo '/dev/vdb $l' > /sys/fs/bcache/register_raw")"
+        done
+        check_fails not_registered test -e /sys/block/vdb/bcache
+        dmesg_section flash_dmesg flash
+
+        # Registered before the set: the attach is refused, the slot kept.
+        stop_set $CSET
+        kmsg_mark attach
+        check register_clean sh -c "echo '/dev/vdb $FU $CSET state=clean' > /sys/fs/bcache/register_raw"
+        wait_for /sys/block/vdb/bcache/running
+        check register_cache_clean bcache register /dev/vda
+        check flash_intact_clean flash_intact
+        check_fails clean_not_attached test -e /sys/block/vdb/bcache/cache
+        check_eq clean_waits 0 "$(cat /sys/block/vdb/bcache/running)"
+        check stop_clean bcache stop /dev/vdb
+        wait_gone /sys/block/vdb/bcache
+        stop_set $CSET
+        check register_stale sh -c "echo '/dev/vdb $FU $CSET state=stale' > /sys/fs/bcache/register_raw"
+        bcache_of /dev/vdb
+        check register_cache_stale bcache register /dev/vda
+        check flash_intact_stale flash_intact
+        check_fails stale_not_attached test -e /sys/block/vdb/bcache/cache
+        dmesg_section attach_dmesg attach
+        "#
+    ));
+    let flash = out.values("flash");
+    assert_eq!(flash.len(), 4, "{flash:?}");
+    for r in &flash {
+        assert!(r.ends_with("status=1") && r.contains("File exists"), "a flash volume's uuid registered: {flash:?}");
+    }
+    let dmesg = out.section("flash_dmesg");
+    assert_eq!(
+        dmesg.matches("register_raw: uuid is that of a flash-only volume of a registered cache set").count(),
+        4,
+        "{dmesg}"
+    );
+    let attach = out.section("attach_dmesg");
+    assert_eq!(attach.matches("is that of a flash-only volume of the set").count(), 2, "{attach}");
+}
+
+/// One line of KEY=VALUE fields (raw_state, or an event as recorded).
+fn fields(line: &str) -> HashMap<String, String> {
+    line.split_whitespace()
+        .filter_map(|f| f.split_once('='))
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
+/// raw_state shows a raw device's superblock state from one snapshot: the
+/// state as registered with seq 0, then at each change (attach, first
+/// dirty write, writeback done, label, detach) what the change uevent
+/// carried, under the same number as its BCACHE_SEQ. A device with a
+/// superblock of its own has no raw_state.
+#[test]
+fn raw_state_follows_the_state_uevents() {
+    let scratch = Scratch::new();
+    let mut vm = patched_vm();
+    vm.disk(&scratch.image("cache.img", 300 * MIB))
+        .disk(&scratch.image("raw.img", 64 * MIB))
+        .disk(&scratch.image("formatted.img", 64 * MIB));
+    vm.file("/root/data.bin", pattern(1 << 20, 0x5e9), false);
+    let out = vm.run(&format!(
+        r#"{RES}
+        U=6c6c6c6c-7d7d-4e4e-8f8f-909090909090
+        uevent sh -c '[ -n "$BCACHE_RAW" ] && echo "seq=$BCACHE_SEQ state=$BCACHE_STATE set_uuid=$BCACHE_SET_UUID uuid=$BCACHE_UUID cache_mode=$BCACHE_CACHE_MODE label=$BCACHE_LABEL" >> /tmp/uevents' &
+        touch /tmp/uevents
+        check make_cache bcache make -C /dev/vda
+        CSET=$(bcache super-show --json /dev/vda | sed -n 's/.*"set_uuid": "\(.*\)".*/\1/p')
+        emit cset $CSET
+        check register_cache bcache register /dev/vda
+        check make_formatted bcache make -B /dev/vdc
+        check register_formatted bcache register /dev/vdc
+        wait_for /sys/block/vdc/bcache/running
+        check_fails formatted_has_no_raw_state test -e /sys/block/vdc/bcache/raw_state
+
+        # last_is STATE: the last raw uevent says STATE.
+        last_is() {{ tail -n 1 /tmp/uevents | grep -q "^seq=[0-9]* state=$1 "; }}
+        snap() {{ emit "rs_$1" "$(cat /sys/block/vdb/bcache/raw_state)"; emit "ev_$1" "$(tail -n 1 /tmp/uevents)"; }}
+
+        check register_raw sh -c "echo '/dev/vdb $U none cache_mode=writeback label=st1' > /sys/fs/bcache/register_raw"
+        B=$(bcache_of /dev/vdb)
+        emit rs_registered "$(cat /sys/block/vdb/bcache/raw_state)"
+        check attach sh -c "echo $CSET > /sys/block/vdb/bcache/attach"
+        wait_until 30 last_is clean
+        snap attach
+        echo 0 > /sys/block/vdb/bcache/writeback_running
+        # Written back as soon as it runs again (the delay is 30 s).
+        echo 0 > /sys/block/vdb/bcache/writeback_delay
+        check write dd if=/root/data.bin of="$B" bs=64k conv=fsync
+        wait_until 30 last_is dirty
+        snap dirty
+        echo 1 > /sys/block/vdb/bcache/writeback_running
+        wait_until 60 last_is clean
+        snap clean
+        echo 'a b%' > /sys/block/vdb/bcache/label
+        wait_until 30 sh -c 'tail -n 1 /tmp/uevents | grep -q "label=a b%$"'
+        snap label
+        check detach sh -c "echo 1 > /sys/block/vdb/bcache/detach"
+        wait_until 60 last_is none
+        snap detach
+        section uevents cat /tmp/uevents
+        "#
+    ));
+    let cset = out.expect_value("cset");
+    let zero = "00000000-0000-0000-0000-000000000000";
+    let u = "6c6c6c6c-7d7d-4e4e-8f8f-909090909090";
+    let registered = fields(out.expect_value("rs_registered"));
+    let want0 = [("uuid", u), ("set_uuid", zero), ("state", "none"), ("cache_mode", "writeback"), ("label", "st1"), ("seq", "0"), ("uevent_errors", "0")];
+    for (k, v) in want0 {
+        assert_eq!(registered.get(k).map(String::as_str), Some(v), "raw_state as registered: {registered:?}");
+    }
+    let uevents = out.section("uevents");
+    eprintln!("raw uevents:\n{uevents}");
+    let events: Vec<&str> = uevents.lines().map(str::trim).filter(|l| !l.is_empty()).collect();
+    // Numbered 1, 2, ... with no gap (none failed), in order.
+    for (i, e) in events.iter().enumerate() {
+        assert!(e.starts_with(&format!("seq={} ", i + 1)), "uevent {} is {e:?}: {events:#?}", i + 1);
+    }
+    let mut last_seq = 0;
+    for (step, state, set, label) in [
+        ("attach", "clean", cset, "st1"),
+        ("dirty", "dirty", cset, "st1"),
+        ("clean", "clean", cset, "st1"),
+        ("label", "clean", cset, "a%20b%25"),
+        ("detach", "none", zero, "a%20b%25"),
+    ] {
+        let rs = fields(out.expect_value(&format!("rs_{step}")));
+        let ev_line = out.expect_value(&format!("ev_{step}"));
+        let ev = fields(ev_line);
+        eprintln!("{step}: raw_state {}", out.expect_value(&format!("rs_{step}")));
+        let seq: u64 = rs["seq"].parse().unwrap();
+        assert!(seq > last_seq, "{step}: seq {seq} after {last_seq}");
+        last_seq = seq;
+        assert_eq!(ev["seq"], rs["seq"], "{step}: raw_state {rs:?} and the last uevent {ev_line:?}");
+        for (k, v) in [("state", state), ("set_uuid", set), ("uuid", u), ("cache_mode", "writeback"), ("label", label), ("uevent_errors", "0")] {
+            assert_eq!(rs.get(k).map(String::as_str), Some(v), "{step}: raw_state {rs:?}");
+        }
+        for k in ["state", "set_uuid", "uuid", "cache_mode"] {
+            assert_eq!(ev[k], rs[k], "{step}: {k} in raw_state {rs:?} and uevent {ev_line:?}");
+        }
+    }
+    // The uevent carries the label as it is.
+    assert_eq!(ev_line_label(out.expect_value("ev_label")), "a b%");
+}
+
+/// The label of a recorded uevent line: the rest of the line after "label=".
+fn ev_line_label(line: &str) -> &str {
+    line.split_once(" label=").map_or("", |(_, l)| l)
 }
