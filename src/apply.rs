@@ -2,18 +2,17 @@
 //! kernel is told about it (the dirty-data rules), registration through
 //! either layout, the tunables, and each device's live status.
 
-use std::cell::OnceCell;
 use std::fs;
 use std::io;
-use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
 use uuid::Uuid;
 
-use crate::bcachetab::{DeviceIds, DeviceSpec, Entry, Layout, Tab};
+use crate::bcachetab::{DeviceIds, Entry, Layout, Tab};
 use crate::device::{Access, Device, DeviceError};
 use crate::header::{self, HeaderError, HeaderParams};
+use crate::identity::{self, Mismatch, Resolver};
 use crate::raw::{RawBacking, RawError};
 use crate::state::{self, Record, State, StateError, Store};
 use crate::superblock::{BdevState, CacheMode};
@@ -30,6 +29,9 @@ pub struct Env {
     /// What an initramfs recorded, for the system's state file (normally
     /// /run/bcache/state.journal: /run survives switch_root).
     pub journal: PathBuf,
+    /// The udev event's properties of the device being brought up (`tab
+    /// apply --udev`): what identifies it is read from them, not probed.
+    pub event: Option<DeviceIds>,
 }
 
 impl Env {
@@ -47,6 +49,7 @@ impl Default for Env {
             state: PathBuf::from(state::DEFAULT_PATH),
             run_dir: PathBuf::from("/run/bcache"),
             journal: Path::new("/run/bcache").join(state::JOURNAL_NAME),
+            event: None,
         }
     }
 }
@@ -73,6 +76,8 @@ pub enum ApplyError {
          again since: left for the system to bring up (update the initramfs after bcache run --force)"
     )]
     StaleCopy,
+    #[error(transparent)]
+    Identity(#[from] Mismatch),
     #[error(transparent)]
     State(#[from] StateError),
     #[error(transparent)]
@@ -205,116 +210,6 @@ impl std::fmt::Display for Status {
 /// Properties of a block device, as a udev event would carry them.
 pub type Props<'a> = &'a dyn Fn(&str) -> Option<String>;
 
-/// Finds the devices lines name by looking at the system's block devices
-/// (when no udev event says which one it is). A UUID= or LABEL= line
-/// needs what is on the devices: each one is probed at most once per
-/// resolver however many lines ask (a probe of every device for every
-/// line took minutes for 24 devices in a TCG guest). Make a new one to see
-/// devices that appeared since.
-#[derive(Default)]
-pub struct Resolver {
-    probed: OnceCell<Vec<(PathBuf, DeviceIds)>>,
-}
-
-impl Resolver {
-    pub fn resolve(&self, spec: &DeviceSpec) -> Option<PathBuf> {
-        match spec {
-            // The device itself, not a link to it: what lines and arguments
-            // are compared by.
-            DeviceSpec::Path(p) => fs::canonicalize(p).ok(),
-            DeviceSpec::PartUuid(v) => link_target(&format!("/dev/disk/by-partuuid/{v}")),
-            DeviceSpec::PartLabel(v) => link_target(&format!("/dev/disk/by-partlabel/{v}")),
-            // /dev/disk/by-uuid names the bcache device once it is up (same
-            // file system): probe the candidates themselves.
-            DeviceSpec::Uuid(_) | DeviceSpec::Label(_) => self
-                .probed
-                .get_or_init(|| candidates().into_iter().map(|dev| { let ids = identify(&dev); (dev, ids) }).collect())
-                .iter()
-                .find(|(_, ids)| spec.matches(ids))
-                .map(|(dev, _)| dev.clone()),
-        }
-    }
-}
-
-/// What names a device given by path, as udev would give it (DEVNAME,
-/// DEVLINKS, ID_PART_ENTRY_*, and with `probe` ID_FS_UUID and ID_FS_LABEL),
-/// read once: its canonical path and its ids. The probe reads what
-/// libblkid needs of the device (most of a process's page faults): only
-/// UUID= and LABEL= lines need it.
-pub fn device_ids(dev: &Path, probe: bool) -> Option<(PathBuf, DeviceIds)> {
-    let real = fs::canonicalize(dev).ok()?;
-    // A link is the device's when it leads to the same inode: one stat,
-    // where resolving each link's path took a readlink per component.
-    let inode = |p: &Path| fs::metadata(p).ok().map(|m| (m.dev(), m.ino()));
-    let this = inode(&real)?;
-    let mut ids = if probe { identify(&real) } else { DeviceIds::default() };
-    ids.devname = Some(real.to_string_lossy().into_owned());
-    for dir in ["by-id", "by-path", "by-partuuid", "by-partlabel", "by-diskseq"] {
-        let dir_path = Path::new("/dev/disk").join(dir);
-        for e in fs::read_dir(&dir_path).into_iter().flatten().flatten() {
-            if inode(&e.path()) != Some(this) {
-                continue;
-            }
-            let name = e.file_name().to_string_lossy().into_owned();
-            match dir {
-                "by-partuuid" => ids.part_uuid = Some(name),
-                "by-partlabel" => ids.part_name = Some(name),
-                _ => {}
-            }
-            ids.links.push(e.path().to_string_lossy().into_owned());
-        }
-    }
-    Some((real, ids))
-}
-
-/// The line for a device given by path: its ids ([`device_ids`]) are
-/// matched against every line, with no I/O per line; only then are path
-/// lines outside /dev/disk (e.g. /dev/mapper links) followed.
-pub fn entry_for_device<'t>(tab: &'t Tab, dev: &Path) -> Option<&'t Entry> {
-    let (real, ids) = device_ids(dev, true)?;
-    tab.matching(&ids).or_else(|| {
-        tab.entries
-            .iter()
-            .find(|e| matches!(&e.device, DeviceSpec::Path(p) if fs::canonicalize(p).ok().as_ref() == Some(&real)))
-    })
-}
-
-fn link_target(link: &str) -> Option<PathBuf> {
-    fs::canonicalize(link).ok()
-}
-
-/// Block devices that may be backing devices: not bcache's own, not this
-/// tool's headers, not empty loop devices.
-fn candidates() -> Vec<PathBuf> {
-    let Ok(dir) = fs::read_dir("/sys/class/block") else { return Vec::new() };
-    let mut out: Vec<PathBuf> = dir
-        .filter_map(|e| {
-            let e = e.ok()?;
-            let name = e.file_name().into_string().ok()?;
-            let sys = e.path();
-            let skip = ["bcache", "ram", "zram", "sr", "fd", "nbd"].iter().any(|p| name.starts_with(p))
-                || (name.starts_with("loop") && !sys.join("loop/backing_file").exists())
-                || fs::read_to_string(sys.join("dm/uuid")).is_ok_and(|u| u.starts_with("BCACHETAB-"))
-                || fs::read_to_string(sys.join("size")).is_ok_and(|s| s.trim() == "0");
-            (!skip).then(|| PathBuf::from("/dev").join(name))
-        })
-        .collect();
-    out.sort();
-    out
-}
-
-/// The uuid of a device's content (its file system's), as blkid reports it.
-pub fn content_uuid(dev: &Path) -> Option<String> {
-    identify(dev).fs_uuid
-}
-
-/// What blkid says of a device's content (ID_FS_UUID and ID_FS_LABEL).
-fn identify(dev: &Path) -> DeviceIds {
-    let sig = Device::open(dev, Access::Read).ok().and_then(|d| d.first_signature().ok().flatten());
-    let Some(sig) = sig.filter(|s| !s.partition_table) else { return DeviceIds::default() };
-    DeviceIds { fs_uuid: sig.uuid, fs_label: sig.label, ..DeviceIds::default() }
-}
-
 /// A step of a transition, where the tests inject faults ([`crate::fault`]).
 fn fault(at: &Path, point: &str) -> Result<(), ApplyError> {
     crate::fault::point(point).map_err(|e| ApplyError::Io(at.to_owned(), e))
@@ -359,6 +254,7 @@ pub fn bring_up(env: &Env, entry: &Entry, path: &Path) -> Result<Status, ApplyEr
     let dev = Device::open(path, Access::Read)?;
     if registered_as(env, entry, &dev).is_none() {
         let st = State::load(&env.state)?;
+        identity::verify(env, entry, path, st.get(&entry.uuid))?;
         let has_raw = env.sysfs.bcache_dir()?.join("register_raw").exists();
         let reg = registration(entry, st.get(&entry.uuid), st.is_copy, has_raw)?;
         let attaching = reg.set_uuid.filter(|s| env.sysfs.set_dir(s).is_ok());
@@ -679,7 +575,7 @@ pub fn sync_headers(env: &Env, tab: &Tab) -> Result<(), ApplyError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::bcachetab::Options;
+    use crate::bcachetab::{DeviceSpec, Options};
 
     fn entry(cset: Option<u128>, mode: CacheMode) -> Entry {
         Entry {

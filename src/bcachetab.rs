@@ -10,6 +10,7 @@
 //! file, the line and the field, and the good lines are kept, so that one
 //! typo does not keep every other device down at boot.
 
+use std::borrow::Cow;
 use std::fmt;
 use std::path::{Path, PathBuf};
 
@@ -59,14 +60,75 @@ impl Layout {
 pub enum DeviceSpec {
     /// The filesystem (or other content) uuid, as blkid reports it.
     Uuid(String),
-    /// The filesystem label.
+    /// The filesystem label, [`escape`]d as the line holds it.
     Label(String),
     /// The partition's uuid in its partition table.
     PartUuid(String),
-    /// The partition's name in a GPT.
+    /// The partition's name in a GPT, [`escape`]d as the line holds it.
     PartLabel(String),
-    /// A path under /dev, e.g. a /dev/disk/by-id link.
+    /// A path under /dev, e.g. a /dev/disk/by-id link, without repeated
+    /// slashes or `.` components.
     Path(PathBuf),
+}
+
+/// Whether a byte of a label cannot stand as it is in a field: the line
+/// splitter's separators, the comment sign, the escape sign itself.
+fn needs_escape(b: u8) -> bool {
+    b.is_ascii_whitespace() || b.is_ascii_control() || b == b'#' || b == b'\\'
+}
+
+/// A label or partition name as a bcachetab field (or a state file value)
+/// holds it: whitespace, control characters, `#` and `\` as `\xHH`, the
+/// escapes of udev's /dev/disk/by-label names (`my\x20disk`).
+pub fn escape(raw: &str) -> Cow<'_, str> {
+    if !raw.bytes().any(needs_escape) {
+        return Cow::Borrowed(raw);
+    }
+    let mut out = String::with_capacity(raw.len() + 8);
+    for c in raw.chars() {
+        match u8::try_from(c) {
+            Ok(b) if needs_escape(b) => out.push_str(&format!("\\x{b:02x}")),
+            _ => out.push(c),
+        }
+    }
+    Cow::Owned(out)
+}
+
+/// The bytes `text` stands for: each `\xHH` one byte (udev's and
+/// [`escape`]'s escapes), anything else as it is.
+fn unescaped(text: &str) -> impl Iterator<Item = u8> + '_ {
+    let b = text.as_bytes();
+    let mut i = 0;
+    std::iter::from_fn(move || {
+        let hex = |j: usize| b.get(j).and_then(|&c| (c as char).to_digit(16));
+        let byte = match (b.get(i)?, b.get(i + 1), hex(i + 2), hex(i + 3)) {
+            (b'\\', Some(b'x'), Some(h), Some(l)) => {
+                i += 4;
+                (h * 16 + l) as u8
+            }
+            (&c, ..) => {
+                i += 1;
+                c
+            }
+        };
+        Some(byte)
+    })
+}
+
+/// The text `\xHH` escapes stand for (ID_FS_LABEL_ENC, a by-partlabel
+/// link's name, a bcachetab label).
+pub fn unescape(text: &str) -> Cow<'_, str> {
+    if !text.contains("\\x") {
+        return Cow::Borrowed(text);
+    }
+    let bytes: Vec<u8> = unescaped(text).collect();
+    Cow::Owned(String::from_utf8(bytes).unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned()))
+}
+
+/// Whether an escaped label names the label `raw`, without allocating
+/// (every line of the one-device lookup is compared).
+fn names_label(escaped: &str, raw: &str) -> bool {
+    unescaped(escaped).eq(raw.bytes())
 }
 
 /// A device field as written, borrowed from the text: what a
@@ -83,6 +145,9 @@ enum SpecRef<'a> {
 
 impl<'a> SpecRef<'a> {
     fn parse(s: &'a str) -> Result<SpecRef<'a>, String> {
+        // Only labels have escapes; anything else with a separator in it
+        // (given on the command line) would break the line it goes into.
+        let plain = |s: &str| !s.bytes().any(needs_escape);
         let spec = if let Some(v) = s.strip_prefix("UUID=") {
             SpecRef::Uuid(v)
         } else if let Some(v) = s.strip_prefix("PARTUUID=") {
@@ -92,6 +157,13 @@ impl<'a> SpecRef<'a> {
         } else if let Some(v) = s.strip_prefix("LABEL=") {
             SpecRef::Label(v)
         } else if s.starts_with("/dev/") {
+            // What normalising leaves must still be under /dev.
+            if Path::new(s).components().nth(2).is_none() {
+                return Err(format!("'{s}' names nothing under /dev"));
+            }
+            if !plain(s) {
+                return Err(format!("'{s}': a path with whitespace, '#' or '\\' cannot be written in bcachetab"));
+            }
             return Ok(SpecRef::Path(s));
         } else {
             return Err(format!(
@@ -102,32 +174,36 @@ impl<'a> SpecRef<'a> {
             SpecRef::Uuid(v) | SpecRef::PartUuid(v) | SpecRef::PartLabel(v) | SpecRef::Label(v) if v.is_empty() => {
                 Err(format!("'{s}' names nothing"))
             }
+            SpecRef::Uuid(v) | SpecRef::PartUuid(v) if !plain(v) => Err(format!("'{s}' is not a uuid")),
             _ => Ok(spec),
         }
     }
 
     /// Whether the block device `ids` describes is the one named (uuids in
-    /// any case).
+    /// any case, labels unescaped, paths component by component). The one
+    /// comparison of every path: udev's event, `tab apply DEV`, adopt.
     fn matches(self, ids: &DeviceIds) -> bool {
-        let eq = |have: &Option<String>, want: &str, fold: bool| {
-            have.as_deref().is_some_and(|v| if fold { v.eq_ignore_ascii_case(want) } else { v == want })
-        };
+        let eq = |have: &Option<String>, want: &str| have.as_deref().is_some_and(|v| v.eq_ignore_ascii_case(want));
+        let label = |have: &Option<String>, want: &str| have.as_deref().is_some_and(|v| names_label(want, v));
         match self {
-            SpecRef::Uuid(u) => eq(&ids.fs_uuid, u, true),
-            SpecRef::Label(l) => eq(&ids.fs_label, l, false),
-            SpecRef::PartUuid(u) => eq(&ids.part_uuid, u, true),
-            SpecRef::PartLabel(l) => eq(&ids.part_name, l, false),
-            SpecRef::Path(p) => ids.devname.iter().chain(&ids.links).any(|d| d == p),
+            SpecRef::Uuid(u) => eq(&ids.fs_uuid, u),
+            SpecRef::Label(l) => label(&ids.fs_label, l),
+            SpecRef::PartUuid(u) => eq(&ids.part_uuid, u),
+            SpecRef::PartLabel(l) => label(&ids.part_name, l),
+            SpecRef::Path(p) => ids.devname.iter().chain(&ids.links).any(|d| Path::new(d) == Path::new(p)),
         }
     }
 
-    /// Whether two lines name the same device (the duplicate rule).
+    /// Whether two lines name the same device by the same name (the
+    /// duplicate rule of the parse; `bcache tab check` also finds one
+    /// device named two ways).
     fn same(self, other: SpecRef) -> bool {
         match (self, other) {
             (SpecRef::Uuid(a), SpecRef::Uuid(b)) | (SpecRef::PartUuid(a), SpecRef::PartUuid(b)) => a.eq_ignore_ascii_case(b),
-            (SpecRef::Label(a), SpecRef::Label(b))
-            | (SpecRef::PartLabel(a), SpecRef::PartLabel(b))
-            | (SpecRef::Path(a), SpecRef::Path(b)) => a == b,
+            (SpecRef::Label(a), SpecRef::Label(b)) | (SpecRef::PartLabel(a), SpecRef::PartLabel(b)) => {
+                unescaped(a).eq(unescaped(b))
+            }
+            (SpecRef::Path(a), SpecRef::Path(b)) => Path::new(a) == Path::new(b),
             _ => false,
         }
     }
@@ -138,10 +214,23 @@ impl DeviceSpec {
         Ok(match SpecRef::parse(s)? {
             SpecRef::Uuid(v) => DeviceSpec::Uuid(v.to_ascii_lowercase()),
             SpecRef::PartUuid(v) => DeviceSpec::PartUuid(v.to_ascii_lowercase()),
-            SpecRef::PartLabel(v) => DeviceSpec::PartLabel(v.to_owned()),
-            SpecRef::Label(v) => DeviceSpec::Label(v.to_owned()),
-            SpecRef::Path(p) => DeviceSpec::Path(PathBuf::from(p)),
+            SpecRef::PartLabel(v) => DeviceSpec::PartLabel(escape(&unescape(v)).into_owned()),
+            SpecRef::Label(v) => DeviceSpec::Label(escape(&unescape(v)).into_owned()),
+            SpecRef::Path(p) => DeviceSpec::Path(Path::new(p).components().collect()),
         })
+    }
+
+    /// Whether the name survives the disks being found in another order
+    /// at the next boot: a /dev/disk/by-id link, PARTUUID=, UUID= or
+    /// LABEL=. A kernel name (/dev/sdX, /dev/vdX, /dev/loopN) does not;
+    /// by-path follows the port, by-uuid names the bcache device once it
+    /// is up, and partition names are often a tool's default.
+    pub fn is_stable(&self) -> bool {
+        match self {
+            DeviceSpec::Uuid(_) | DeviceSpec::PartUuid(_) | DeviceSpec::Label(_) => true,
+            DeviceSpec::PartLabel(_) => false,
+            DeviceSpec::Path(p) => p.starts_with("/dev/disk/by-id/"),
+        }
     }
 
     fn as_ref(&self) -> SpecRef<'_> {
@@ -164,6 +253,7 @@ impl DeviceSpec {
 /// What names a block device, as udev's properties of it say (DEVNAME,
 /// DEVLINKS, ID_FS_UUID, ID_FS_LABEL, ID_PART_ENTRY_UUID,
 /// ID_PART_ENTRY_NAME): gathered once, then matched against every line.
+/// Labels and partition names are held as they are, unescaped.
 #[derive(Debug, Clone, Default)]
 pub struct DeviceIds {
     pub devname: Option<String>,
@@ -182,9 +272,11 @@ impl DeviceIds {
             devname: props("DEVNAME"),
             links: props("DEVLINKS").map(|l| l.split_whitespace().map(str::to_owned).collect()).unwrap_or_default(),
             fs_uuid: props("ID_FS_UUID"),
-            fs_label: props("ID_FS_LABEL"),
+            // ID_FS_LABEL has whitespace made '_' ("my disk" is "my_disk"):
+            // the encoded one is the label itself, as libblkid reads it.
+            fs_label: props("ID_FS_LABEL_ENC").map(|l| unescape(&l).into_owned()).or_else(|| props("ID_FS_LABEL")),
             part_uuid: props("ID_PART_ENTRY_UUID"),
-            part_name: props("ID_PART_ENTRY_NAME"),
+            part_name: props("ID_PART_ENTRY_NAME").map(|n| unescape(&n).into_owned()),
         }
     }
 }
@@ -457,35 +549,59 @@ pub enum EditError {
     Refused(PathBuf, String),
 }
 
-/// Changes bcachetab under its lock (adopt, attach and detach of several
-/// devices may run at once) and replaces it atomically: `edit` gets the
-/// parsed table and its lines, and changes the lines. A missing file starts
-/// with a header comment.
-pub fn edit<R>(path: &Path, edit: impl FnOnce(&Tab, &mut Vec<String>) -> Result<R, String>) -> Result<R, EditError> {
-    let _lock = crate::state::Lock::take(path)?;
-    let text = match std::fs::read_to_string(path) {
-        Ok(t) => t,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => "# bcachetab(5): name device uuid cset options\n".to_owned(),
-        Err(e) => return Err(EditError::Io(path.to_owned(), e)),
-    };
-    let tab = Tab::parse(&text, path);
-    let mut lines: Vec<String> = text.lines().map(str::to_owned).collect();
-    let result = edit(&tab, &mut lines).map_err(|m| EditError::Refused(path.to_owned(), m))?;
-    let mut out = lines.join("\n");
-    out.push('\n');
-    crate::state::write_atomically(path, out.as_bytes()).map_err(|e| EditError::Io(path.to_owned(), e))?;
-    Ok(result)
+/// bcachetab's lock (adopt, attach and detach of several devices may run
+/// at once), held while the value lives: what is read under it stays true
+/// until the change is written (adopt checks that no line names the
+/// device, then appends one).
+pub struct Locked<'p> {
+    path: &'p Path,
+    _lock: crate::state::Lock,
 }
 
-/// Appends a line for `entry`; returns its line number.
-pub fn append(path: &Path, entry: &Entry) -> Result<usize, EditError> {
-    edit(path, |tab, lines| {
-        if tab.by_uuid(&entry.uuid).is_some() || entry.name.as_ref().is_some_and(|n| tab.by_name(n).is_some()) {
-            return Err("a line with this uuid or name was added meanwhile".into());
-        }
-        lines.push(entry.to_string());
-        Ok(lines.len())
-    })
+impl<'p> Locked<'p> {
+    pub fn take(path: &'p Path) -> Result<Locked<'p>, EditError> {
+        Ok(Locked { path, _lock: crate::state::Lock::take(path)? })
+    }
+
+    /// The table as it is; a missing file is an empty one.
+    pub fn tab(&self) -> Result<Tab, EditError> {
+        Tab::load(self.path).map_err(|e| EditError::Io(self.path.to_owned(), e))
+    }
+
+    /// Replaces bcachetab atomically: `edit` gets the parsed table and its
+    /// lines, and changes the lines. A missing file starts with a header
+    /// comment.
+    pub fn edit<R>(&self, edit: impl FnOnce(&Tab, &mut Vec<String>) -> Result<R, String>) -> Result<R, EditError> {
+        let path = self.path;
+        let text = match std::fs::read_to_string(path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => "# bcachetab(5): name device uuid cset options\n".to_owned(),
+            Err(e) => return Err(EditError::Io(path.to_owned(), e)),
+        };
+        let tab = Tab::parse(&text, path);
+        let mut lines: Vec<String> = text.lines().map(str::to_owned).collect();
+        let result = edit(&tab, &mut lines).map_err(|m| EditError::Refused(path.to_owned(), m))?;
+        let mut out = lines.join("\n");
+        out.push('\n');
+        crate::state::write_atomically(path, out.as_bytes()).map_err(|e| EditError::Io(path.to_owned(), e))?;
+        Ok(result)
+    }
+
+    /// Appends a line for `entry`; returns its line number.
+    pub fn append(&self, entry: &Entry) -> Result<usize, EditError> {
+        self.edit(|tab, lines| {
+            if tab.by_uuid(&entry.uuid).is_some() || entry.name.as_ref().is_some_and(|n| tab.by_name(n).is_some()) {
+                return Err("a line with this uuid or name is there already".into());
+            }
+            lines.push(entry.to_string());
+            Ok(lines.len())
+        })
+    }
+}
+
+/// [`Locked::edit`] under a lock of its own.
+pub fn edit<R>(path: &Path, edit: impl FnOnce(&Tab, &mut Vec<String>) -> Result<R, String>) -> Result<R, EditError> {
+    Locked::take(path)?.edit(edit)
 }
 
 /// Sets the cache set of the line for `uuid` (after attach or detach);

@@ -8,6 +8,7 @@ pub mod bcachetab;
 pub mod device;
 pub mod fault;
 pub mod header;
+pub mod identity;
 pub mod make;
 pub mod raw;
 pub mod show;

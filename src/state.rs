@@ -6,7 +6,7 @@
 //!
 //! ```text
 //! # bcache state: written by bcache, do not edit
-//! 6f1c1e0a-3b44-4e0b-9c57-1f0f0b6a7d21 layout=raw attached=0a9e1f4c-57d1-4bb8-a2f0-3e0c9fd1e0aa state=dirty mode=writeback
+//! 6f1c1e0a-3b44-4e0b-9c57-1f0f0b6a7d21 layout=raw attached=0a9e1f4c-57d1-4bb8-a2f0-3e0c9fd1e0aa state=dirty mode=writeback sectors=209715200 disk=serial:S3Z9NB0K
 //! ```
 //!
 //! A copy inside an initramfs may be older than the truth; a copy says so
@@ -26,6 +26,7 @@ use std::path::{Path, PathBuf};
 use uuid::Uuid;
 
 use crate::bcachetab::Layout;
+use crate::identity::Identity;
 use crate::os_error_text;
 use crate::superblock::{BdevState, CacheMode};
 
@@ -57,6 +58,9 @@ pub struct Record {
     /// The state the kernel last reported.
     pub state: Option<BdevState>,
     pub mode: Option<CacheMode>,
+    /// What the device was when adopted: a device that is not is never
+    /// registered under this uuid.
+    pub identity: Identity,
     /// Keys a newer version wrote, kept as they are.
     pub unknown: Vec<(String, String)>,
 }
@@ -78,6 +82,7 @@ impl Record {
             "stale" => self.stale = flag(v)?,
             "state" => self.state = Some(BdevState::ALL.into_iter().find(|s| s.name() == v).ok_or(())?),
             "mode" => self.mode = Some(v.parse().map_err(|_| ())?),
+            k if Identity::KEYS.contains(&k) => self.identity.assign(k, v)?,
             _ => match self.unknown.iter_mut().find(|(key, _)| key == k) {
                 Some(kv) => kv.1 = v.to_owned(),
                 None => self.unknown.push((k.to_owned(), v.to_owned())),
@@ -104,6 +109,11 @@ impl Record {
             })
             .filter(|(_, v)| !v.is_empty())
             .collect();
+        // Written out empty when unset, once recorded: a journal line can
+        // then clear one.
+        if self.identity.is_recorded() {
+            out.extend(self.identity.assignments().into_iter().map(|(k, v)| (k.to_owned(), v)));
+        }
         out.extend(self.unknown.iter().cloned());
         out
     }
@@ -116,8 +126,8 @@ impl Record {
 
     /// Folds a second record of the same device into this one, towards
     /// the conservative side: a stale mark or a set from either is kept,
-    /// writeback from either is kept. Two different layouts or sets cannot
-    /// be decided.
+    /// writeback from either is kept, the larger size. Two different
+    /// layouts, sets or identities cannot be decided.
     fn merge(&mut self, other: Record) -> Result<(), String> {
         if let (Some(a), Some(b)) = (self.layout, other.layout) {
             if a != b {
@@ -141,6 +151,7 @@ impl Record {
             self.mode = other.mode.or(self.mode);
         }
         self.state = other.state.or(self.state);
+        self.identity.merge(other.identity)?;
         for (k, v) in other.unknown {
             if !self.unknown.iter().any(|(key, _)| *key == k) {
                 self.unknown.push((k, v));
@@ -253,6 +264,9 @@ impl fmt::Display for State {
             }
             if let Some(m) = r.mode {
                 write!(f, " mode={}", m.name())?;
+            }
+            for (k, v) in r.identity.assignments().iter().filter(|(_, v)| !v.is_empty()) {
+                write!(f, " {k}={v}")?;
             }
             for (k, v) in &r.unknown {
                 write!(f, " {k}={v}")?;
@@ -473,6 +487,13 @@ mod tests {
                 stale: true,
                 state: Some(BdevState::Dirty),
                 mode: Some(CacheMode::Writeback),
+                identity: Identity {
+                    sectors: Some(4096),
+                    disk: Some(crate::identity::DiskId::Serial("QM 1".into())),
+                    partition: Some(1),
+                    part_uuid: Some("1234abcd-01".into()),
+                    fs_uuid: None,
+                },
                 unknown: vec![("size".into(), "2048".into())],
             },
         );

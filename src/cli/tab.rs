@@ -9,6 +9,7 @@ use uuid::Uuid;
 use bcache::apply::{self, Env, Status};
 use bcache::bcachetab::{self, DeviceIds, DeviceSpec, Entry, Options, Tab};
 use bcache::device::{Access, Device};
+use bcache::identity;
 use bcache::state::{self, State};
 use bcache::superblock::{CacheMode, Role};
 use bcache::sysfs::Sysfs;
@@ -246,7 +247,10 @@ fn at_line(tab_path: &Path, e: &Entry) -> String {
 }
 
 pub fn apply_cmd(args: &ApplyArgs) -> anyhow::Result<Outcome> {
-    let env = args.files.env();
+    let mut env = args.files.env();
+    if args.udev {
+        env.event = Some(DeviceIds::from_props(&env_prop));
+    }
     // What the initramfs recorded decides how its devices come up here.
     if let Err(e) = state::merge_journal(&env.store()) {
         eprintln!("bcache tab apply: {e}");
@@ -257,7 +261,7 @@ pub fn apply_cmd(args: &ApplyArgs) -> anyhow::Result<Outcome> {
     let tab = load_tab(&env.tab)?;
     let mut failed = report_tab_errors(&tab);
     let mut todo: Vec<(&Entry, PathBuf)> = Vec::new();
-    let resolver = apply::Resolver::default();
+    let resolver = identity::Resolver::default();
     if args.all {
         for e in &tab.entries {
             match resolver.resolve(&e.device) {
@@ -297,9 +301,9 @@ pub fn apply_cmd(args: &ApplyArgs) -> anyhow::Result<Outcome> {
 /// path lines through links outside /dev/disk included.
 fn apply_one(env: &Env, args: &ApplyArgs) -> anyhow::Result<Option<Outcome>> {
     let read = || bcachetab::read_text(&env.tab).with_context(|| format!("{}: cannot read", env.tab.display()));
-    let (dev, text, ids) = if args.udev {
+    let (dev, text, ids) = if let Some(ids) = &env.event {
         let dev = env_prop("DEVNAME").context("--udev: no DEVNAME in the environment")?;
-        (PathBuf::from(dev), read()?, DeviceIds::from_props(&env_prop))
+        (PathBuf::from(dev), read()?, ids.clone())
     } else {
         let [d] = args.devices.as_slice() else { return Ok(None) };
         if args.all || !d.starts_with("/dev/") {
@@ -310,7 +314,7 @@ fn apply_one(env: &Env, args: &ApplyArgs) -> anyhow::Result<Option<Outcome>> {
         // (most of this process's page faults): only when a line names a
         // device by them (PARTUUID= and PARTLABEL= count too, harmlessly).
         let probe = ["UUID=", "LABEL="].iter().any(|t| memchr::memmem::find(text.as_bytes(), t.as_bytes()).is_some());
-        let Some((real, ids)) = apply::device_ids(Path::new(d), probe) else { return Ok(None) };
+        let Some((real, ids)) = identity::device_ids(Path::new(d), probe) else { return Ok(None) };
         (real, text, ids)
     };
     let (entry, errors) = Tab::find_device(&text, &env.tab, &ids);
@@ -345,7 +349,7 @@ fn bring_up(env: &Env, tab_path: &Path, todo: &[(&Entry, PathBuf)]) -> bool {
 fn find_entry<'t>(tab: &'t Tab, arg: &str) -> Option<&'t Entry> {
     tab.by_name(arg)
         .or_else(|| arg.parse::<Uuid>().ok().and_then(|u| tab.by_uuid(&u)))
-        .or_else(|| apply::entry_for_device(tab, Path::new(arg)))
+        .or_else(|| identity::entry_for_device(tab, Path::new(arg)))
 }
 
 fn wait(args: &WaitArgs) -> anyhow::Result<Outcome> {
@@ -433,7 +437,7 @@ fn check(args: &CheckArgs) -> anyhow::Result<Outcome> {
     let (st, clean) = load_state(&env);
     failed |= !clean;
     let has_raw = Sysfs::default().bcache_dir().is_ok_and(|d| d.join("register_raw").exists());
-    let resolver = apply::Resolver::default();
+    let resolver = identity::Resolver::default();
     for e in &tab.entries {
         if resolver.resolve(&e.device).is_none() {
             eprintln!("bcache tab: {}: device: no device is {}", at(&tab, e), e.device);
@@ -471,7 +475,7 @@ fn list(args: &ListArgs) -> anyhow::Result<Outcome> {
     // reader without write access to the state file still gets the list.
     let _ = apply::reconcile(&env, &tab);
     let (st, _) = load_state(&env);
-    let resolver = apply::Resolver::default();
+    let resolver = identity::Resolver::default();
     let mut rows: Vec<Row> = tab
         .entries
         .iter()
@@ -581,7 +585,7 @@ fn stable_spec(dev: &Path) -> anyhow::Result<DeviceSpec> {
     if let Some(p) = links_to("/dev/disk/by-partuuid").first() {
         return Ok(DeviceSpec::PartUuid(p.clone()));
     }
-    if let Some(uuid) = apply::content_uuid(&real) {
+    if let Some(uuid) = identity::content_uuid(&real) {
         return Ok(DeviceSpec::Uuid(uuid.to_ascii_lowercase()));
     }
     Ok(DeviceSpec::Path(real))
@@ -630,7 +634,7 @@ pub fn adopt(args: &AdoptArgs) -> anyhow::Result<Outcome> {
     }
     let tab = load_tab(&env.tab)?;
     let real = std::fs::canonicalize(&args.device)?;
-    if let Some(e) = apply::entry_for_device(&tab, &real) {
+    if let Some(e) = identity::entry_for_device(&tab, &real) {
         bail!("{shown}: already in {} as {}", at(&tab, e), e.device);
     }
     let spec = match &args.spec {
@@ -674,7 +678,7 @@ pub fn adopt(args: &AdoptArgs) -> anyhow::Result<Outcome> {
     // A record proves the device new to every cache set (never attached):
     // it attaches afresh instead of waiting for a slot that does not exist.
     env.store().update(uuid, "the new device", |_| {})?;
-    let line = bcachetab::append(&env.tab, &entry)?;
+    let line = bcachetab::Locked::take(&env.tab)?.append(&entry)?;
     let entry = Entry { line, ..entry };
     println!("{}:{line}: {entry}", env.tab.display());
     if args.no_start {
