@@ -973,6 +973,106 @@ mod tests {
         );
     }
 
+    /// Finding: udev's ID_FS_LABEL has whitespace made '_' ("my disk" is
+    /// "my_disk") and ID_FS_LABEL_ENC escapes it ("my\x20disk"), libblkid
+    /// reads "my disk": a line matched at boot and not on the command line
+    /// (`tab apply DEV`, adopt's duplicate check). One rule now: the label
+    /// itself, from either.
+    #[test]
+    fn a_label_with_a_space_matches_the_same_from_udev_and_from_blkid() {
+        let props = |k: &str| match k {
+            "DEVNAME" => Some("/dev/vdb".to_owned()),
+            "ID_FS_LABEL" => Some("my_disk".to_owned()),
+            "ID_FS_LABEL_ENC" => Some("my\\x20disk".to_owned()),
+            "ID_PART_ENTRY_NAME" => Some("data\\x20part".to_owned()),
+            _ => None,
+        };
+        let from_udev = DeviceIds::from_props(&props);
+        let from_blkid = DeviceIds {
+            devname: Some("/dev/vdb".into()),
+            fs_label: Some("my disk".into()),
+            part_name: Some("data part".into()),
+            ..DeviceIds::default()
+        };
+        for (spec, want) in [
+            ("LABEL=my\\x20disk", true),
+            ("LABEL=my\\x20Disk", false),
+            ("LABEL=my_disk", false),
+            ("PARTLABEL=data\\x20part", true),
+        ] {
+            let spec = DeviceSpec::parse(spec).unwrap();
+            assert_eq!(spec.matches(&from_udev), want, "{spec} from udev");
+            assert_eq!(spec.matches(&from_blkid), want, "{spec} from blkid");
+        }
+        let text = format!("a LABEL=my\\x20disk {U1} -\n");
+        assert_eq!(Tab::find_device(&text, Path::new("t"), &from_blkid).0.map(|e| e.line), Some(1));
+    }
+
+    #[test]
+    fn a_label_with_a_space_or_a_hash_is_one_escaped_field_and_reads_back() {
+        let spec = DeviceSpec::parse("LABEL=my disk #2\\").unwrap();
+        assert_eq!(spec.to_string(), "LABEL=my\\x20disk\\x20\\x232\\x5c");
+        assert_eq!(DeviceSpec::parse(&spec.to_string()).unwrap(), spec);
+        // Escaped needlessly, or in capitals: the same name.
+        assert_eq!(DeviceSpec::parse("LABEL=my\\x20disk\\x20\\x232\\x5C").unwrap(), spec);
+        // Only \\xHH is an escape: any other backslash is one.
+        assert_eq!(DeviceSpec::parse("LABEL=a\\X20").unwrap().to_string(), "LABEL=a\\x5cX20");
+        assert_eq!(DeviceSpec::parse("LABEL=\\x61b").unwrap(), DeviceSpec::parse("LABEL=ab").unwrap());
+        let e = Entry {
+            line: 1,
+            name: Some("d".into()),
+            device: DeviceSpec::parse("PARTLABEL=data\tpart").unwrap(),
+            uuid: Uuid::parse_str(U1).unwrap(),
+            cset: None,
+            options: Options::default(),
+        };
+        let tab = parse(&format!("{e}\n"));
+        assert!(tab.errors.is_empty(), "{:?}", tab.errors);
+        assert_eq!(tab.entries[0].device, e.device);
+        let two = parse(&format!("a LABEL=a\\x20b {U1} -\nb LABEL=a\\x20\\x62 {U2} -\n"));
+        assert_eq!(two.errors[0].to_string(), "/etc/bcachetab:2: device: device already used on line 1");
+    }
+
+    /// Finding: `/dev/loop0` and `/dev//loop0` were two devices to the
+    /// duplicate rule, and udev's DEVNAME matched only the first.
+    #[test]
+    fn one_path_spelled_two_ways_is_one_device() {
+        let tab = parse(&format!("a /dev/loop0 {U1} -\nb /dev//./loop0/ {U2} -\n"));
+        assert_eq!(tab.errors[0].to_string(), "/etc/bcachetab:2: device: device already used on line 1");
+        let ids = DeviceIds { devname: Some("/dev/loop0".into()), ..DeviceIds::default() };
+        assert!(DeviceSpec::parse("/dev//loop0").unwrap().matches(&ids));
+        let text = format!("b /dev//loop0 {U2} -\n");
+        assert_eq!(Tab::find_device(&text, Path::new("t"), &ids).0.map(|e| e.uuid.to_string()), Some(U2.to_owned()));
+        assert_eq!(DeviceSpec::parse("/dev//loop0").unwrap().to_string(), "/dev/loop0");
+        assert!(DeviceSpec::parse("/dev/").is_err() && DeviceSpec::parse("/dev/.").is_err());
+    }
+
+    #[test]
+    fn names_that_would_split_a_line_are_refused() {
+        for bad in ["/dev/disk/by-id/my disk", "/dev/x#y", "UUID=ab cd", "PARTUUID=ab\tcd"] {
+            assert!(DeviceSpec::parse(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn only_names_that_follow_the_disk_are_stable() {
+        for (spec, stable) in [
+            ("/dev/disk/by-id/wwn-0x5000c500a1b2c3d4", true),
+            ("UUID=1b4e28ba", true),
+            ("PARTUUID=1234abcd-01", true),
+            ("LABEL=data", true),
+            ("PARTLABEL=primary", false),
+            ("/dev/sdb", false),
+            ("/dev/vdb1", false),
+            ("/dev/loop0", false),
+            ("/dev/disk/by-path/pci-0000:00:02.0", false),
+            ("/dev/disk/by-uuid/1b4e28ba", false),
+            ("/dev/mapper/vg-lv", false),
+        ] {
+            assert_eq!(DeviceSpec::parse(spec).unwrap().is_stable(), stable, "{spec}");
+        }
+    }
+
     #[test]
     fn specs_match_udev_properties() {
         let props = |k: &str| match k {

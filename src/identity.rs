@@ -185,10 +185,7 @@ impl DiskId {
         }
     }
 
-    /// `KIND:VALUE`, as [`fmt::Display`] writes it.
-    pub fn parse(s: &str) -> Option<DiskId> {
-        let (kind, v) = s.split_once(':')?;
-        let v = v.to_owned();
+    fn of_kind(kind: &str, v: String) -> Option<DiskId> {
         Some(match kind {
             "wwid" => DiskId::Wwid(v),
             "serial" => DiskId::Serial(v),
@@ -198,21 +195,27 @@ impl DiskId {
         })
     }
 
+    /// `KIND:VALUE`, as [`fmt::Display`] writes it.
+    pub fn parse(s: &str) -> Option<DiskId> {
+        let (kind, v) = s.split_once(':')?;
+        DiskId::of_kind(kind, v.to_owned())
+    }
+
     /// What sysfs says of the disk whose directory is `disk` (a partition's
     /// parent), the most specific first.
     fn read(disk: &Path) -> Option<DiskId> {
-        let attr = |rel: &str| {
-            fs::read_to_string(disk.join(rel)).ok().map(|v| v.trim().to_owned()).filter(|v| !v.is_empty())
-        };
-        let kinds: [(&str, fn(String) -> DiskId); 6] = [
-            ("wwid", DiskId::Wwid),
-            ("device/wwid", DiskId::Wwid),
-            ("serial", DiskId::Serial),
-            ("device/serial", DiskId::Serial),
-            ("loop/backing_file", DiskId::LoopFile),
-            ("dm/uuid", DiskId::DmUuid),
+        const SOURCES: [(&str, &str); 6] = [
+            ("wwid", "wwid"),
+            ("device/wwid", "wwid"),
+            ("serial", "serial"),
+            ("device/serial", "serial"),
+            ("loop/backing_file", "loop"),
+            ("dm/uuid", "dm"),
         ];
-        kinds.into_iter().find_map(|(rel, make)| attr(rel).map(make))
+        SOURCES.into_iter().find_map(|(rel, kind)| {
+            let v = fs::read_to_string(disk.join(rel)).ok()?.trim().to_owned();
+            (!v.is_empty()).then(|| DiskId::of_kind(kind, v)).flatten()
+        })
     }
 }
 
@@ -272,7 +275,7 @@ impl Identity {
 
     /// Sets one of [`Identity::KEYS`] from the state file's text; an empty
     /// value clears it.
-    pub fn assign(&mut self, k: &str, v: &str) -> Result<(), ()> {
+    pub(crate) fn assign(&mut self, k: &str, v: &str) -> Result<(), ()> {
         let text = (!v.is_empty()).then(|| bcachetab::unescape(v).into_owned());
         match k {
             "sectors" => self.sectors = text.map(|t| t.parse().map_err(|_| ())).transpose()?,
@@ -466,6 +469,15 @@ fn same_text(a: &Option<String>, b: &Option<String>) -> bool {
         (Some(a), Some(b)) => a.eq_ignore_ascii_case(b),
         (a, b) => a.is_none() && b.is_none(),
     }
+}
+
+/// [`check`] of a line's device as a [`Resolver`] found it (`tab check`,
+/// `tab list`): its probes serve the comparison too. A line without a
+/// record, or a record without an identity, is accepted.
+pub fn check_found(resolver: &Resolver, entry: &Entry, record: Option<&Record>, dev: &Path) -> Result<Verdict, Mismatch> {
+    let content = |d: &Path| resolver.content_uuid(d);
+    let recorded = record.map(|r| r.identity.clone()).unwrap_or_default();
+    check(entry, &recorded, &Now::new(dev, None, &content))
 }
 
 /// Before the kernel is told of a device (at every registration): refuses

@@ -3,6 +3,7 @@
 //!
 //! The `bcache` binary is a thin layer over this library.
 
+pub mod adopt;
 pub mod apply;
 pub mod bcachetab;
 pub mod device;

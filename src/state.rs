@@ -516,6 +516,32 @@ mod tests {
     }
 
     #[test]
+    fn an_identity_goes_through_the_journal_and_a_cleared_field_is_cleared() {
+        let dir = tempfile::tempdir().unwrap();
+        let copy = dir.path().join("copy");
+        let system = dir.path().join("system");
+        let journal = dir.path().join("state.journal");
+        let u = Uuid::from_u128(1);
+        let line = format!("{} sectors=8 disk=serial:a\\x20b fsuuid=ab", u.hyphenated());
+        fs::write(&copy, format!("{COPY_HEADER}\n{line}\n")).unwrap();
+        fs::write(&system, format!("{HEADER}\n{line}\n")).unwrap();
+        store(&copy, &journal)
+            .update(u, "a test", |r| {
+                r.identity.sectors = Some(16);
+                r.identity.fs_uuid = None;
+            })
+            .unwrap();
+        merge_journal(&store(&system, &journal)).unwrap();
+        let id = State::load(&system).unwrap().get(&u).unwrap().identity.clone();
+        assert_eq!((id.sectors, id.fs_uuid), (Some(16), None));
+        assert_eq!(id.disk, Some(crate::identity::DiskId::Serial("a b".into())));
+        // Two records of one device with two disks: undecidable.
+        let two = format!("{HEADER}\n{line}\n{} sectors=8 disk=serial:c\n", u.hyphenated());
+        let e = State::parse(&two, Path::new("s")).unwrap_err().to_string();
+        assert!(e.contains("damaged state record (a second record of") && e.contains("identities"), "{e}");
+    }
+
+    #[test]
     fn conflicting_records_are_merged_conservatively_and_reported() {
         let u = "00000000-0000-0000-0000-000000000001";
         let set = "00000000-0000-0000-0000-000000000009";

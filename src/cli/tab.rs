@@ -6,12 +6,12 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context};
 use uuid::Uuid;
 
+use bcache::adopt;
 use bcache::apply::{self, Env, Status};
-use bcache::bcachetab::{self, DeviceIds, DeviceSpec, Entry, Options, Tab};
-use bcache::device::{Access, Device};
+use bcache::bcachetab::{self, DeviceIds, Entry, Tab};
 use bcache::identity;
 use bcache::state::{self, State};
-use bcache::superblock::{CacheMode, Role};
+use bcache::superblock::CacheMode;
 use bcache::sysfs::Sysfs;
 
 use super::Outcome;
@@ -86,6 +86,12 @@ pub struct AdoptArgs {
     /// Only write the line; do not bring the device up now.
     #[arg(long)]
     no_start: bool,
+    /// In writeback mode, name the device by a name that may find another
+    /// disk after a reboot (a kernel name such as /dev/sdb, when it has no
+    /// stable one): at a boot where it does, that disk is refused, since it
+    /// is not the disk recorded at adoption.
+    #[arg(long)]
+    force: bool,
     #[command(flatten)]
     files: Files,
 }
@@ -108,6 +114,7 @@ pub enum TabCommand {
     #[command(hide = true)]
     Match(MatchArgs),
     Reconcile(ReconcileArgs),
+    Identify(IdentifyArgs),
     /// For udev rules: record the state a raw-registered device's change
     /// uevent carries (BCACHE_UUID, BCACHE_STATE, ...).
     #[command(hide = true)]
@@ -196,6 +203,24 @@ pub struct ReconcileArgs {
     files: Files,
 }
 
+/// Record what a line's device is now, in place of what it was when it was
+/// adopted: for a disk replaced by a copy of it, a file system remade
+/// through its bcache device, a partition table rewritten, or a device
+/// shrunk on purpose after bcache detach. Before every registration a
+/// device is compared with what is recorded (its disk's wwid or serial,
+/// its partition, PARTUUID and size, and, on a disk without an id, its
+/// file system's uuid), and one that differs is refused: if disks are
+/// found in another order at boot, the line's name may find another disk,
+/// and a writeback device's dirty data would be written onto it.
+#[derive(clap::Args, Debug)]
+pub struct IdentifyArgs {
+    /// Names, bcache uuids or devices of bcachetab lines.
+    #[arg(value_name = "NAME|UUID|DEVICE", required = true)]
+    devices: Vec<String>,
+    #[command(flatten)]
+    files: Files,
+}
+
 /// List bcachetab's devices with their live state (up, waiting and why,
 /// down, missing).
 #[derive(clap::Args, Debug)]
@@ -225,6 +250,7 @@ pub fn tab(args: &TabArgs) -> anyhow::Result<Outcome> {
         TabCommand::List(a) => list(a),
         TabCommand::Wait(a) => wait(a),
         TabCommand::Reconcile(a) => reconcile(a),
+        TabCommand::Identify(a) => identify(a),
         TabCommand::Match(a) => udev_match(a),
         TabCommand::Record(a) => {
             apply::record_uevent(&a.files.env(), &env_prop)?;
@@ -398,6 +424,28 @@ fn wait(args: &WaitArgs) -> anyhow::Result<Outcome> {
     Ok(if failed { Outcome::Exit(1) } else { Outcome::Ok })
 }
 
+fn identify(args: &IdentifyArgs) -> anyhow::Result<Outcome> {
+    let env = args.files.env();
+    let tab = load_tab(&env.tab)?;
+    let resolver = identity::Resolver::default();
+    let mut failed = false;
+    for d in &args.devices {
+        let Some(e) = find_entry(&tab, d) else {
+            eprintln!("bcache tab identify: {d}: no line of {} names it", tab.path.display());
+            failed = true;
+            continue;
+        };
+        let Some(dev) = resolver.resolve(&e.device) else {
+            eprintln!("bcache tab identify: {}: no device is {}", at(&tab, e), e.device);
+            failed = true;
+            continue;
+        };
+        let recorded = identity::record(&env, e, &dev)?;
+        println!("{}: {}: recorded {recorded}", at(&tab, e), dev.display());
+    }
+    Ok(if failed { Outcome::Exit(1) } else { Outcome::Ok })
+}
+
 fn reconcile(args: &ReconcileArgs) -> anyhow::Result<Outcome> {
     let env = args.files.env();
     let tab = load_tab(&env.tab)?;
@@ -438,10 +486,22 @@ fn check(args: &CheckArgs) -> anyhow::Result<Outcome> {
     failed |= !clean;
     let has_raw = Sysfs::default().bcache_dir().is_ok_and(|d| d.join("register_raw").exists());
     let resolver = identity::Resolver::default();
+    for d in identity::duplicates(&tab, &resolver) {
+        eprintln!("bcache tab: {}: device: {d}", at(&tab, d.again));
+        failed = true;
+    }
     for e in &tab.entries {
-        if resolver.resolve(&e.device).is_none() {
-            eprintln!("bcache tab: {}: device: no device is {}", at(&tab, e), e.device);
-            failed = true;
+        match resolver.resolve(&e.device) {
+            None => {
+                eprintln!("bcache tab: {}: device: no device is {}", at(&tab, e), e.device);
+                failed = true;
+            }
+            Some(dev) => {
+                if let Err(m) = identity::check_found(&resolver, e, st.get(&e.uuid), &dev) {
+                    eprintln!("bcache tab: {}: identity: {m}", at(&tab, e));
+                    failed = true;
+                }
+            }
         }
         if let Err(why) = apply::registration(e, st.get(&e.uuid), st.is_copy, has_raw) {
             eprintln!("bcache tab: {}: {why}", at(&tab, e));
@@ -491,11 +551,16 @@ fn list(args: &ListArgs) -> anyhow::Result<Outcome> {
             refused: None,
         })
         .collect();
-    // A device down because the rules refuse it: say why.
+    // A device down because the rules refuse it, or because it is not the
+    // device adopted for the line: say why.
     let has_raw = Sysfs::default().bcache_dir().is_ok_and(|d| d.join("register_raw").exists());
     for (r, e) in rows.iter_mut().zip(&tab.entries) {
-        if matches!(r.status, Status::Down { .. }) {
-            r.refused = apply::registration(e, st.get(&e.uuid), st.is_copy, has_raw).err().map(|e| e.to_string());
+        if let Status::Down { device } = &r.status {
+            let record = st.get(&e.uuid);
+            r.refused = identity::check_found(&resolver, e, record, Path::new(device))
+                .err()
+                .map(|m| m.to_string())
+                .or_else(|| apply::registration(e, record, st.is_copy, has_raw).err().map(|e| e.to_string()));
         }
     }
     let mut out = std::io::stdout().lock();
@@ -564,129 +629,26 @@ fn udev_match(args: &MatchArgs) -> anyhow::Result<Outcome> {
     Ok(Outcome::Ok)
 }
 
-/// The stable name bcachetab records for a device: a /dev/disk/by-id link
-/// (WWN first), else PARTUUID=, else the content's UUID=, else the path.
-fn stable_spec(dev: &Path) -> anyhow::Result<DeviceSpec> {
-    let real = std::fs::canonicalize(dev).with_context(|| dev.display().to_string())?;
-    let links_to = |dir: &str| -> Vec<String> {
-        let mut names: Vec<String> = std::fs::read_dir(dir)
-            .into_iter()
-            .flatten()
-            .flatten()
-            .filter(|e| std::fs::canonicalize(e.path()).ok().as_ref() == Some(&real))
-            .filter_map(|e| e.file_name().into_string().ok())
-            .collect();
-        names.sort_by_key(|n| (!n.starts_with("wwn-"), n.clone()));
-        names
-    };
-    if let Some(id) = links_to("/dev/disk/by-id").first() {
-        return Ok(DeviceSpec::Path(Path::new("/dev/disk/by-id").join(id)));
-    }
-    if let Some(p) = links_to("/dev/disk/by-partuuid").first() {
-        return Ok(DeviceSpec::PartUuid(p.clone()));
-    }
-    if let Some(uuid) = identity::content_uuid(&real) {
-        return Ok(DeviceSpec::Uuid(uuid.to_ascii_lowercase()));
-    }
-    Ok(DeviceSpec::Path(real))
-}
-
 pub fn adopt(args: &AdoptArgs) -> anyhow::Result<Outcome> {
     let env = args.files.env();
-    let sysfs = Sysfs::default();
-    let shown = args.device.display().to_string();
-    if let Some(n) = &args.name {
-        bcachetab::check_name(n).map_err(anyhow::Error::msg).context("--name")?;
-    }
-    // The line's options, checked by bcachetab's own parser.
-    let mode = if args.writeback { CacheMode::Writeback } else { args.mode.unwrap_or_default() };
-    let mut opts: Vec<String> = Vec::new();
-    if mode != CacheMode::default() {
-        opts.push(format!("mode={}", mode.name()));
-    }
-    if let Some(l) = &args.label {
-        opts.push(format!("label={l}"));
-    }
-    opts.extend(args.options.iter().cloned());
-    let options: Options = if opts.is_empty() {
-        Options::default()
-    } else {
-        // The combination rules (timeout= needs a set) see whether one comes.
-        let set = if args.cache.is_some() || args.cset.is_some() { Uuid::from_u128(2).to_string() } else { "-".into() };
-        let probe = format!("- /dev/x {} {set} {}", Uuid::from_u128(1), opts.join(","));
-        let t = Tab::parse(&probe, Path::new("--option"));
-        match (t.entries.first(), t.errors.first()) {
-            (Some(e), _) => e.options.clone(),
-            (None, Some(err)) => bail!("{}: {}", err.field, err.message),
-            (None, None) => unreachable!("one line gives an entry or an error"),
-        }
+    let req = adopt::Request {
+        device: args.device.clone(),
+        cache: args.cache.clone(),
+        cset: args.cset,
+        mode: if args.writeback { CacheMode::Writeback } else { args.mode.unwrap_or_default() },
+        name: args.name.clone(),
+        label: args.label.clone(),
+        uuid: args.uuid,
+        spec: args.spec.clone(),
+        options: args.options.clone(),
+        force: args.force,
     };
-
-    // The device: not in use, not a bcache device of its own, not adopted.
-    let dev = Device::open(&args.device, Access::WriteExclusive)
-        .map_err(|e| anyhow::anyhow!("{e} (unmount it and stop what uses it first)"))?;
-    if dev.signatures()?.iter().any(|s| s.is_bcache()) {
-        bail!("{shown}: holds a bcache superblock of its own: use bcache register");
-    }
-    let rdev = dev.rdev().context(format!("{shown}: not a block device"))?;
-    if options.mode == CacheMode::Writeback && sysfs.zone_sectors(rdev).is_some() {
-        bail!("{shown}: zoned devices cannot be used in writeback mode");
-    }
-    let tab = load_tab(&env.tab)?;
-    let real = std::fs::canonicalize(&args.device)?;
-    if let Some(e) = identity::entry_for_device(&tab, &real) {
-        bail!("{shown}: already in {} as {}", at(&tab, e), e.device);
-    }
-    let spec = match &args.spec {
-        Some(s) => DeviceSpec::parse(s).map_err(anyhow::Error::msg).context("--spec")?,
-        None => stable_spec(&args.device)?,
-    };
-
-    // The cache set, checked against the device like make does.
-    let cset = match (&args.cache, args.cset) {
-        (Some(cache), _) => {
-            let cdev = Device::open(cache, Access::Read)?;
-            let sb = cdev.read_superblock()?;
-            if !sb.magic_ok() || sb.role() != Some(Role::Cache) {
-                bail!("{}: not a bcache cache device", cache.display());
-            }
-            let block = options.block_size.unwrap_or(dev.logical_block_size());
-            if u64::from(block) < u64::from(sb.block_size) * 512 {
-                bail!(
-                    "{shown}: block size {block} is below the cache set's ({} bytes): the kernel would \
-                     refuse to attach it (pass -o block={})",
-                    u64::from(sb.block_size) * 512,
-                    u64::from(sb.block_size) * 512
-                );
-            }
-            let rdev = cdev.rdev();
-            drop(cdev);
-            if rdev.and_then(|r| sysfs.registered(r)).is_none() {
-                sysfs.register(&std::path::absolute(cache)?.display().to_string(), true)?;
-            }
-            Some(sb.set_uuid)
-        }
-        (None, c) => c,
-    };
-    let uuid = args.uuid.unwrap_or_else(Uuid::new_v4);
-    if let Some(e) = tab.by_uuid(&uuid) {
-        bail!("uuid {uuid} is already used by {}", at(&tab, e));
-    }
-    drop(dev);
-
-    let entry = Entry { line: 0, name: args.name.clone(), device: spec, uuid, cset, options };
-    // A record proves the device new to every cache set (never attached):
-    // it attaches afresh instead of waiting for a slot that does not exist.
-    env.store().update(uuid, "the new device", |_| {})?;
-    let line = bcachetab::Locked::take(&env.tab)?.append(&entry)?;
-    let entry = Entry { line, ..entry };
-    println!("{}:{line}: {entry}", env.tab.display());
+    let declared = adopt::declare(&env, &req)?;
+    println!("{}: {}", at_line(&env.tab, &declared.entry), declared.entry);
     if args.no_start {
         return Ok(Outcome::Ok);
     }
-    let st = apply::bring_up(&env, &entry, &real)?;
-    let _ = apply::sync_headers(&env, &Tab { entries: vec![entry.clone()], ..Tab::default() });
-    println!("{shown}: {st}");
+    let st = adopt::start(&env, &declared)?;
+    println!("{}: {st}", args.device.display());
     Ok(Outcome::Ok)
 }
-
