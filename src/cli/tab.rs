@@ -45,6 +45,13 @@ impl Files {
 /// The device must not be in use (unmount it first). With --cache or --cset
 /// it attaches to that cache set; a writeback device then never runs
 /// without its set.
+///
+/// Its identity (its disk's wwid or serial, partition, PARTUUID, size and
+/// file system uuid) is recorded, and a device that does not match it is
+/// never registered for the line. A writeback device is named by a name
+/// that follows the disk (a /dev/disk/by-id link, PARTUUID=, UUID= or
+/// LABEL=; see --spec): under a kernel name such as /dev/sdb, another disk
+/// may be found first at the next boot (--force adopts it so anyway).
 #[derive(clap::Args, Debug)]
 #[command(after_help = "Examples:\n  \
     umount /srv/data\n  \
@@ -203,15 +210,17 @@ pub struct ReconcileArgs {
     files: Files,
 }
 
-/// Record what a line's device is now, in place of what it was when it was
-/// adopted: for a disk replaced by a copy of it, a file system remade
-/// through its bcache device, a partition table rewritten, or a device
-/// shrunk on purpose after bcache detach. Before every registration a
-/// device is compared with what is recorded (its disk's wwid or serial,
-/// its partition, PARTUUID and size, and, on a disk without an id, its
-/// file system's uuid), and one that differs is refused: if disks are
-/// found in another order at boot, the line's name may find another disk,
-/// and a writeback device's dirty data would be written onto it.
+/// Record the identity of a line's device as it is now.
+///
+/// Before every registration a device is compared with what was recorded
+/// when it was adopted (its disk's wwid or serial, its partition, PARTUUID
+/// and size, and, on a disk without an id, its file system's uuid), and one
+/// that differs is refused: if disks are found in another order at boot, a
+/// line's name may find another disk, and a writeback device's dirty data
+/// would be written onto it. A larger size is recorded by itself. Run this
+/// for the same device changed on purpose: a disk replaced by a copy of it,
+/// a file system remade through its bcache device, a partition table
+/// rewritten, a device shrunk after bcache detach.
 #[derive(clap::Args, Debug)]
 pub struct IdentifyArgs {
     /// Names, bcache uuids or devices of bcachetab lines.
