@@ -482,6 +482,7 @@ pub fn wait(env: &Env, entry: &Entry) -> Result<Waited, ApplyError> {
                 fault(&dir, "run:before-kernel")?;
                 let shown = dir.display().to_string();
                 env.sysfs.write(&shown, &dir.join("running"), "1")?;
+                fault(&dir, "run:after-kernel")?;
                 return Ok(Waited::RanWithout { after: timeout });
             }
             (Status::Waiting { dirty: false, .. }, _) => std::thread::sleep(Duration::from_millis(200)),

@@ -13,7 +13,7 @@ use std::io;
 #[cfg(debug_assertions)]
 pub fn point(name: &str) -> io::Result<()> {
     let Ok(spec) = std::env::var("BCACHE_FAULT") else { return Ok(()) };
-    for (point, action) in spec.split(',').filter_map(|p| p.split_once(':')) {
+    for (point, action) in spec.split(',').filter_map(|p| p.rsplit_once(':')) {
         if point != name {
             continue;
         }
