@@ -339,6 +339,15 @@ impl<'a> Now<'a> {
             let (major, minor) = (nix::sys::stat::major(m.rdev()), nix::sys::stat::minor(m.rdev()));
             fs::canonicalize(format!("/sys/dev/block/{major}:{minor}")).ok()
         });
+        Now::with_sys(dev, sys, event, content)
+    }
+
+    fn with_sys(
+        dev: PathBuf,
+        sys: Option<PathBuf>,
+        event: Option<&'a DeviceIds>,
+        content: &'a dyn Fn(&Path) -> Option<String>,
+    ) -> Now<'a> {
         let event = event.filter(|e| e.devname.as_deref().is_some_and(|d| Path::new(d) == dev));
         Now { dev, sys, event, content, fs_uuid: OnceCell::new() }
     }
@@ -450,17 +459,20 @@ pub fn check(entry: &Entry, recorded: &Identity, now: &Now) -> Result<Verdict, M
             return other("PARTUUID", recorded.part_uuid.clone(), have);
         }
     }
+    // Before the content: a shrunk device may have lost its file system's
+    // signature with its end.
+    let verdict = match now.sectors() {
+        Some(s) if s == sectors => Verdict::Same,
+        Some(s) if s > sectors => Verdict::Grown(s),
+        s => return Err(Mismatch::Shrunk { dev, recorded: sectors, now: shown(s.map(|s| s.to_string())), line }),
+    };
     if recorded.disk.is_none() {
         let have = now.fs_uuid();
         if !same_text(&have, &recorded.fs_uuid) {
             return other("file system uuid", recorded.fs_uuid.clone(), have);
         }
     }
-    match now.sectors() {
-        Some(s) if s == sectors => Ok(Verdict::Same),
-        Some(s) if s > sectors => Ok(Verdict::Grown(s)),
-        s => Err(Mismatch::Shrunk { dev, recorded: sectors, now: shown(s.map(|s| s.to_string())), line }),
-    }
+    Ok(verdict)
 }
 
 /// Uuids compare in any case.
@@ -631,13 +643,67 @@ mod tests {
             e.contains("its disk was serial:disk-a when adopted and is none now") && e.contains("bcache tab identify d"),
             "{e}"
         );
-        // Without a disk id the content decides, in any case.
-        let by_content = Identity { sectors: Some(8), fs_uuid: Some("bbbb".into()), ..Identity::default() };
-        let e = check(&entry(), &by_content, &now).unwrap_err().to_string();
-        assert!(e.contains("file system uuid was bbbb when adopted and is aaaa now"), "{e}");
-        let same_content = Identity { fs_uuid: Some("AAAA".into()), ..by_content };
-        let e = check(&entry(), &same_content, &now).unwrap_err().to_string();
+        let sized = Identity { sectors: Some(8), ..Identity::default() };
+        let e = check(&entry(), &sized, &now).unwrap_err().to_string();
         assert!(e.contains("smaller than when it was adopted (8 sectors then, none now)"), "{e}");
+    }
+
+    /// A sysfs tree of a disk with a serial (or none) and one partition.
+    fn fake_sys(serial: &str, disk_sectors: u64, part_sectors: u64) -> tempfile::TempDir {
+        let dir = tempfile::tempdir().unwrap();
+        let disk = dir.path().join("vdb");
+        fs::create_dir_all(disk.join("vdb1")).unwrap();
+        fs::write(disk.join("serial"), format!("{serial}\n")).unwrap();
+        fs::write(disk.join("size"), format!("{disk_sectors}\n")).unwrap();
+        fs::write(disk.join("vdb1/partition"), "1\n").unwrap();
+        fs::write(disk.join("vdb1/size"), format!("{part_sectors}\n")).unwrap();
+        dir
+    }
+
+    #[test]
+    fn sysfs_names_the_disk_of_a_partition_and_its_number() {
+        let sys = fake_sys("disk-b", 4096, 2048);
+        let content = |_: &Path| None;
+        let part = Now::with_sys("/no-such/vdb1".into(), Some(sys.path().join("vdb/vdb1")), None, &content);
+        let id = part.identity();
+        assert_eq!((id.sectors, id.disk, id.partition), (Some(2048), Some(DiskId::Serial("disk-b".into())), Some(1)));
+        // No link says its PARTUUID: a partition's is unknown, not none.
+        assert_eq!(part.part_uuid(), None);
+        let disk = Now::with_sys("/no-such/vdb".into(), Some(sys.path().join("vdb")), None, &content);
+        assert_eq!((disk.partition(), disk.part_uuid()), (None, Some(None)));
+        let blank = fake_sys("", 4096, 2048);
+        let no_serial = Now::with_sys("/no-such/vdb".into(), Some(blank.path().join("vdb")), None, &content);
+        assert_eq!(no_serial.disk(), None, "an empty serial is no serial");
+    }
+
+    /// Finding: the disk behind a kernel name changes when disks are found
+    /// in another order; so does its serial, which refuses it.
+    #[test]
+    fn another_disk_under_the_same_name_is_refused_and_a_grown_one_accepted() {
+        let sys = fake_sys("disk-d", 4096, 2048);
+        let content = |_: &Path| Some("ffff".to_owned());
+        let now = Now::with_sys("/no-such/vdb".into(), Some(sys.path().join("vdb")), None, &content);
+        let c = Identity { sectors: Some(4096), disk: Some(DiskId::Serial("disk-c".into())), ..Identity::default() };
+        let e = check(&entry(), &c, &now).unwrap_err().to_string();
+        assert!(e.starts_with("/no-such/vdb is not the device adopted for this line: its disk was serial:disk-c when adopted and is serial:disk-d now"), "{e}");
+        // The same disk: its content is not compared (remade through bcache).
+        let d = Identity { disk: Some(DiskId::Serial("disk-d".into())), fs_uuid: Some("aaaa".into()), ..c.clone() };
+        assert_eq!(check(&entry(), &d, &now), Ok(Verdict::Same));
+        assert_eq!(check(&entry(), &Identity { sectors: Some(4000), ..d.clone() }, &now), Ok(Verdict::Grown(4096)));
+        let e = check(&entry(), &Identity { sectors: Some(5000), ..d }, &now).unwrap_err().to_string();
+        assert!(e.contains("(5000 sectors then, 4096 now)"), "{e}");
+        // Without a disk id the content decides, in any case.
+        let blank = fake_sys("", 4096, 2048);
+        let now = Now::with_sys("/no-such/vdb".into(), Some(blank.path().join("vdb")), None, &content);
+        let by_content = Identity { sectors: Some(4096), fs_uuid: Some("eeee".into()), ..Identity::default() };
+        let e = check(&entry(), &by_content, &now).unwrap_err().to_string();
+        assert!(e.contains("its file system uuid was eeee when adopted and is ffff now"), "{e}");
+        assert_eq!(check(&entry(), &Identity { fs_uuid: Some("FFFF".into()), ..by_content }, &now), Ok(Verdict::Same));
+        // A partition where a whole disk was adopted.
+        let part = Now::with_sys("/no-such/vdb1".into(), Some(sys.path().join("vdb/vdb1")), None, &content);
+        let whole = Identity { sectors: Some(2048), disk: Some(DiskId::Serial("disk-d".into())), ..Identity::default() };
+        let e = check(&entry(), &whole, &part).unwrap_err().to_string();
+        assert!(e.contains("its partition number was none when adopted and is 1 now"), "{e}");
     }
 
     #[test]

@@ -185,10 +185,12 @@ fn forced_run_then_cache_back(no_record: bool) {
 
     let mut vm = guest(false);
     vm.disk(&backing).disk(&cache).file("/root/b", b.clone(), false);
+    // A disk with no file system and no by-id link (no udev here) has no
+    // name that follows it: --force, its recorded identity guards it.
     let out = vm.run(&format!(
         r#"{RES}
         check make_cache bcache make -C /dev/vdb
-        check adopt bcache adopt /dev/vda --cache /dev/vdb --writeback --name d
+        check adopt bcache adopt /dev/vda --cache /dev/vdb --writeback --name d --force
         wait_for /dev/bcache0
         check write_b dd if=/root/b of=/dev/bcache0 {AT} oflag=direct
         emit state "$(cat /sys/block/bcache0/bcache/state)"
