@@ -882,7 +882,10 @@ mod tests {
             lines in proptest::collection::vec(
                 (
                     proptest::sample::select(vec!["-", "a", "b", "-x"]),
-                    proptest::sample::select(vec!["/dev/x", "/dev/y", "UUID=ab", "UUID=AB", "LABEL=l", "PARTUUID=p", "bad"]),
+                    proptest::sample::select(vec![
+                        "/dev/x", "/dev//x", "/dev/y", "UUID=ab", "UUID=AB", "LABEL=l", "LABEL=l\\x20m", "LABEL=l\\x20M",
+                        "PARTUUID=p", "bad",
+                    ]),
                     proptest::sample::select(vec![U1, "6F1C1E0A-3B44-4E0B-9C57-1F0F0B6A7D21", U2, "zz"]),
                     proptest::sample::select(vec!["-", U2]),
                     proptest::sample::select(vec!["", "-", "mode=writeback", "timeout=5", "bogus", "- extra"]),
@@ -890,7 +893,7 @@ mod tests {
                 ),
                 0..8,
             ),
-            label in proptest::option::of(proptest::sample::select(vec!["l", "m"])),
+            label in proptest::option::of(proptest::sample::select(vec!["l", "m", "l m"])),
         ) {
             let text: String = lines
                 .iter()

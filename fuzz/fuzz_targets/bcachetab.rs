@@ -12,7 +12,7 @@ use std::path::Path;
 use libfuzzer_sys::fuzz_target;
 
 use bcache::apply::registration;
-use bcache::bcachetab::{DeviceIds, DeviceSpec, Tab};
+use bcache::bcachetab::{self, DeviceIds, DeviceSpec, Tab};
 use bcache::state::State;
 
 fuzz_target!(|data: &[u8]| {
@@ -30,9 +30,10 @@ fuzz_target!(|data: &[u8]| {
         match &e.device {
             DeviceSpec::Path(p) => ids.devname = Some(p.to_string_lossy().into_owned()),
             DeviceSpec::Uuid(v) => ids.fs_uuid = Some(v.to_ascii_uppercase()),
-            DeviceSpec::Label(v) => ids.fs_label = Some(v.clone()),
+            // A line holds labels escaped; a device's ids hold them as they are.
+            DeviceSpec::Label(v) => ids.fs_label = Some(bcachetab::unescape(v).into_owned()),
             DeviceSpec::PartUuid(v) => ids.part_uuid = Some(v.clone()),
-            DeviceSpec::PartLabel(v) => ids.part_name = Some(v.clone()),
+            DeviceSpec::PartLabel(v) => ids.part_name = Some(bcachetab::unescape(v).into_owned()),
         }
         let (found, _) = Tab::find_device(&text, Path::new("fuzz"), &ids);
         assert_eq!(found.as_ref(), tab.matching(&ids), "lookup of {}", e.device);
