@@ -41,8 +41,8 @@ pub struct Request {
 pub enum AdoptError {
     #[error("{0}: {1}")]
     Argument(&'static str, String),
-    #[error("{dev}: already in {at} as {spec}{how}: bcache tab apply {dev} brings it up")]
-    Already { dev: String, at: String, spec: DeviceSpec, how: String },
+    #[error("{dev}: already in {at} as {spec}{next}")]
+    Already { dev: String, at: String, spec: DeviceSpec, next: String },
     #[error(
         "{dev}: {spec} may name another disk after a reboot ({why}), and this device's dirty data in the cache would \
          then be written onto that disk: name it by a /dev/disk/by-id link, PARTUUID=, UUID= or LABEL= (--spec), or \
@@ -87,10 +87,6 @@ pub enum AdoptError {
 pub struct Declared {
     pub entry: Entry,
     pub device: PathBuf,
-}
-
-fn at(tab: &Tab, e: &Entry) -> String {
-    format!("{}:{}", tab.path.display(), e.line)
 }
 
 /// The line's options, checked by bcachetab's own parser (the combination
@@ -156,7 +152,8 @@ pub fn declare(env: &Env, req: &Request) -> Result<Declared, AdoptError> {
     let lock = bcachetab::Locked::take(&env.tab)?;
     let tab = lock.tab()?;
     if let Some(e) = identity::entry_for_device(&tab, &real) {
-        return Err(AdoptError::Already { dev: shown, at: at(&tab, e), spec: e.device.clone(), how: String::new() });
+        let next = format!(": bcache tab apply {shown} brings it up");
+        return Err(AdoptError::Already { dev: shown, at: e.at(&tab.path), spec: e.device.clone(), next });
     }
     // A line whose name finds another device (or none) at this boot, for a
     // device whose record says it is this one.
@@ -164,8 +161,11 @@ pub fn declare(env: &Env, req: &Request) -> Result<Declared, AdoptError> {
     let now = Now::new(&real, None, &content).identity();
     let state = State::load(&env.state)?;
     if let Some(e) = recorded_as(&tab, &state, &now) {
-        let how = format!(" (its record's identity: {now})");
-        return Err(AdoptError::Already { dev: shown, at: at(&tab, e), spec: e.device.clone(), how });
+        let next = format!(
+            ", which finds another device at this boot (this one is its record's: {now}): name it there by a \
+             /dev/disk/by-id link or PARTUUID="
+        );
+        return Err(AdoptError::Already { dev: shown, at: e.at(&tab.path), spec: e.device.clone(), next });
     }
     let spec = given.clone().unwrap_or_else(|| stable_spec(&real, &resolver));
     if options.mode == CacheMode::Writeback && !spec.is_stable() && !req.force {
@@ -185,10 +185,10 @@ pub fn declare(env: &Env, req: &Request) -> Result<Declared, AdoptError> {
     }
     let uuid = req.uuid.unwrap_or_else(Uuid::new_v4);
     if let Some(e) = tab.by_uuid(&uuid) {
-        return Err(AdoptError::UuidUsed { uuid, at: at(&tab, e) });
+        return Err(AdoptError::UuidUsed { uuid, at: e.at(&tab.path) });
     }
     if let Some(e) = req.name.as_deref().and_then(|n| tab.by_name(n)) {
-        return Err(AdoptError::NameUsed { name: e.name.clone().unwrap_or_default(), at: at(&tab, e) });
+        return Err(AdoptError::NameUsed { name: e.name.clone().unwrap_or_default(), at: e.at(&tab.path) });
     }
 
     // The device: not in use, not a bcache device of its own.

@@ -835,6 +835,13 @@ impl fmt::Display for Options {
     }
 }
 
+impl Entry {
+    /// `FILE:LINE`, where messages about the line point.
+    pub fn at(&self, tab: &Path) -> String {
+        format!("{}:{}", tab.display(), self.line)
+    }
+}
+
 impl fmt::Display for Entry {
     /// The line as bcachetab holds it.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {

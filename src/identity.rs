@@ -413,8 +413,8 @@ pub enum Mismatch {
     #[error(
         "{dev} is not the device adopted for this line: its {field} was {recorded} when adopted and is {now} now \
          (were disks renamed? a line naming it by a /dev/disk/by-id link or PARTUUID= follows the disk); if it is \
-         the same device (a copy of it, or its file system remade through its bcache device), record it as it is: \
-         bcache tab identify {line}"
+         the same device (a copy of the disk in its place, its partition table rewritten, its file system remade \
+         through its bcache device), record it as it is: bcache tab identify --force {line}"
     )]
     Other { dev: String, field: &'static str, recorded: String, now: String, line: String },
     #[error(
@@ -505,11 +505,38 @@ pub fn verify(env: &Env, entry: &Entry, dev: &Path, record: Option<&Record>) -> 
     Ok(())
 }
 
+/// Why `bcache tab identify` did not record a device.
+#[derive(Debug, thiserror::Error)]
+pub enum IdentifyError {
+    #[error(
+        "{dev} is the device of {at} (its recorded identity: {identity}), not this line's: were disks renamed at \
+         this boot? (bcache tab list shows what each line finds)"
+    )]
+    OtherLine { dev: String, at: String, identity: String },
+    #[error(transparent)]
+    Mismatch(#[from] Mismatch),
+    #[error(transparent)]
+    State(#[from] crate::state::StateError),
+}
+
 /// Records the identity of a line's device as it is now (`bcache tab
-/// identify`: a disk replaced by a copy of it, a file system remade, a
-/// device shrunk on purpose).
-pub fn record(env: &Env, entry: &Entry, dev: &Path) -> Result<Identity, ApplyError> {
-    let identity = Now::new(dev, None, &content_uuid).identity();
+/// identify`). Never a device another line's record names; a device that
+/// is not its record's but for its size only with `force`: recording the
+/// wrong disk would let it be registered under this line's uuid.
+pub fn record(env: &Env, tab: &Tab, entry: &Entry, dev: &Path, force: bool) -> Result<Identity, IdentifyError> {
+    let now = Now::new(dev, None, &content_uuid);
+    let identity = now.identity();
+    let state = crate::state::State::load(&env.state)?;
+    let is_theirs = |e: &&Entry| e.uuid != entry.uuid && state.get(&e.uuid).is_some_and(|r| r.identity.same_device(&identity));
+    if let Some(e) = tab.entries.iter().find(is_theirs) {
+        let (dev, at) = (now.dev.display().to_string(), e.at(&tab.path));
+        return Err(IdentifyError::OtherLine { dev, at, identity: identity.to_string() });
+    }
+    let recorded = state.get(&entry.uuid).map(|r| r.identity.clone()).unwrap_or_default();
+    match check(entry, &recorded, &now) {
+        Err(m @ Mismatch::Other { .. }) if !force => return Err(m.into()),
+        _ => {}
+    }
     env.store().update(entry.uuid, "the device's identity", |r| r.identity = identity.clone())?;
     Ok(identity)
 }
@@ -640,7 +667,7 @@ mod tests {
         let serial = Identity { sectors: Some(8), disk: Some(DiskId::Serial("disk-a".into())), ..Identity::default() };
         let e = check(&entry(), &serial, &now).unwrap_err().to_string();
         assert!(
-            e.contains("its disk was serial:disk-a when adopted and is none now") && e.contains("bcache tab identify d"),
+            e.contains("its disk was serial:disk-a when adopted and is none now") && e.contains("bcache tab identify --force d"),
             "{e}"
         );
         let sized = Identity { sectors: Some(8), ..Identity::default() };

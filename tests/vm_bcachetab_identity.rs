@@ -188,6 +188,7 @@ fn swapped_disks_get_their_own_data_by_stable_name_and_are_refused_by_path() {
         emit bcache_c "$(test -e /dev/bcache/c && echo present || echo absent)"
         emit bcache_d "$(test -e /dev/bcache/d && echo present || echo absent)"
         emit apply_vdc "$(res bcache tab apply /dev/vdc)"
+        emit identify_c "$(res bcache tab identify --force c)"
         section list bcache tab list
         emit check "$(res bcache tab check)"
         "#,
@@ -206,10 +207,13 @@ fn swapped_disks_get_their_own_data_by_stable_name_and_are_refused_by_path() {
     let apply = out2.expect_value("apply_vdc");
     assert!(
         apply.contains("/dev/vdc is not the device adopted for this line: its disk was serial:disk-c when adopted and is serial:disk-d now")
-            && apply.contains("bcache tab identify c")
+            && apply.contains("bcache tab identify --force c")
             && apply.ends_with("status=1"),
         "{apply}"
     );
+    // Told to record the disk now under c's name, identify refuses: it is d's.
+    let identify = out2.expect_value("identify_c");
+    assert!(identify.contains("/dev/vdc is the device of /etc/bcachetab:5") && identify.ends_with("status=1"), "{identify}");
     let list = out2.section("list");
     assert!(
         list.lines().any(|l| l.split_whitespace().next() == Some("c") && l.contains("down: /dev/vdc is not the device adopted")),
@@ -268,6 +272,8 @@ fn shrunk_disk_is_refused_and_a_grown_one_comes_up_with_its_size_recorded() {
         emit apply "$(res bcache tab apply /dev/vda)"
         emit holders "$(ls /sys/block/vda/holders)"
         section list bcache tab list
+        emit identify "$(res bcache tab identify s)"
+        emit apply_identified "$(res bcache tab apply /dev/vda)"
         "#
     ));
     out2.assert_ok();
@@ -280,6 +286,11 @@ fn shrunk_disk_is_refused_and_a_grown_one_comes_up_with_its_size_recorded() {
     );
     assert_eq!(out2.expect_value("holders"), "", "the shrunk disk was registered");
     assert!(out2.section("list").contains("down: /dev/vda is smaller"), "{}", out2.section("list"));
+    // Shrunk on purpose: recorded as it is, it comes up.
+    let identify = out2.expect_value("identify");
+    assert!(identify.contains("recorded sectors=98304") && identify.ends_with("status=0"), "{identify}");
+    let up = out2.expect_value("apply_identified");
+    assert!(up.contains("/dev/vda: up: /dev/bcache") && up.ends_with("status=0"), "{up}");
 
     std::fs::OpenOptions::new().write(true).open(&img).unwrap().set_len(80 * MIB).unwrap();
     let mut vm3 = guest();
@@ -323,7 +334,7 @@ fn concurrent_adopts_of_one_device_write_one_line() {
         assert_eq!(lines, 1, "/dev/vd{n} has {lines} lines:\n{tab}");
         let said = out.section(&format!("out_{n}"));
         assert!(
-            said.lines().any(|l| l.contains(&format!("already in /etc/bcachetab:")) && l.contains(&format!(" as /dev/vd{n}: "))),
+            said.lines().any(|l| l.contains("already in /etc/bcachetab:") && l.contains(&format!(" as /dev/vd{n}: "))),
             "the second adopt of /dev/vd{n} did not say where the device is:\n{said}"
         );
     }

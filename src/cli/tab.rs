@@ -218,14 +218,20 @@ pub struct ReconcileArgs {
 /// that differs is refused: if disks are found in another order at boot, a
 /// line's name may find another disk, and a writeback device's dirty data
 /// would be written onto it. A larger size is recorded by itself. Run this
-/// for the same device changed on purpose: a disk replaced by a copy of it,
-/// a file system remade through its bcache device, a partition table
-/// rewritten, a device shrunk after bcache detach.
+/// for the same device changed on purpose: a device shrunk after bcache
+/// detach; with --force, a disk replaced by a copy of it, a file system
+/// remade through its bcache device, a partition table rewritten. A device
+/// another line's record names is never recorded.
 #[derive(clap::Args, Debug)]
 pub struct IdentifyArgs {
     /// Names, bcache uuids or devices of bcachetab lines.
     #[arg(value_name = "NAME|UUID|DEVICE", required = true)]
     devices: Vec<String>,
+    /// Record a device that differs in more than its size (another disk id,
+    /// partition or file system): only for the line's own device changed,
+    /// never for another disk found under its name.
+    #[arg(long)]
+    force: bool,
     #[command(flatten)]
     files: Files,
 }
@@ -278,7 +284,7 @@ fn at(tab: &Tab, e: &Entry) -> String {
 }
 
 fn at_line(tab_path: &Path, e: &Entry) -> String {
-    format!("{}:{}", tab_path.display(), e.line)
+    e.at(tab_path)
 }
 
 pub fn apply_cmd(args: &ApplyArgs) -> anyhow::Result<Outcome> {
@@ -449,8 +455,13 @@ fn identify(args: &IdentifyArgs) -> anyhow::Result<Outcome> {
             failed = true;
             continue;
         };
-        let recorded = identity::record(&env, e, &dev)?;
-        println!("{}: {}: recorded {recorded}", at(&tab, e), dev.display());
+        match identity::record(&env, &tab, e, &dev, args.force) {
+            Ok(recorded) => println!("{}: {}: recorded {recorded}", at(&tab, e), dev.display()),
+            Err(err) => {
+                eprintln!("bcache tab identify: {}: {err}", at(&tab, e));
+                failed = true;
+            }
+        }
     }
     Ok(if failed { Outcome::Exit(1) } else { Outcome::Ok })
 }
