@@ -49,8 +49,8 @@ pub enum AdoptError {
          pass --force (then at a boot where the name finds another disk, that disk is refused, not registered)"
     )]
     Unstable { dev: String, spec: DeviceSpec, why: &'static str },
-    #[error("{dev}: --spec {spec} names {found}, not this device: name this device, or leave --spec out")]
-    SpecElsewhere { dev: String, spec: DeviceSpec, found: String },
+    #[error("{dev}: {spec} names {found}, not this device: {next}")]
+    SpecElsewhere { dev: String, spec: DeviceSpec, found: String, next: &'static str },
     #[error("{0} (unmount it and stop what uses it first)")]
     Busy(DeviceError),
     #[error("{0}: holds a bcache superblock of its own: use bcache register")]
@@ -180,7 +180,12 @@ pub fn declare(env: &Env, req: &Request) -> Result<Declared, AdoptError> {
         Some(found) if found == real => {}
         found => {
             let found = found.map_or("no device".to_owned(), |f| f.display().to_string());
-            return Err(AdoptError::SpecElsewhere { dev: shown, spec, found });
+            let next = if given.is_some() {
+                "give --spec a name of this device, or leave it out"
+            } else {
+                "another device holds the same file system; pass --spec with a /dev/disk/by-id link or PARTUUID="
+            };
+            return Err(AdoptError::SpecElsewhere { dev: shown, spec, found, next });
         }
     }
     let uuid = req.uuid.unwrap_or_else(Uuid::new_v4);

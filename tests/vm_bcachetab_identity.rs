@@ -422,6 +422,7 @@ fn a_label_with_a_space_is_matched_by_udev_and_tab_apply_and_refused_twice_by_ad
         emit label_prop "$(udevadm info -q property -n /dev/vda | grep '^ID_FS_LABEL=')"
         emit apply "$(res bcache tab apply /dev/vda)"
         emit adopt_mine "$(res bcache adopt /dev/vda --no-start)"
+        emit spec_elsewhere "$(res bcache adopt /dev/vdb --no-start --spec 'LABEL=my disk')"
         check adopt_other bcache adopt /dev/vdb --no-start --name o --spec 'LABEL=other disk'
         emit adopt_other_again "$(res bcache adopt /dev/vdb --no-start)"
         emit check "$(res bcache tab check)"
@@ -435,6 +436,8 @@ fn a_label_with_a_space_is_matched_by_udev_and_tab_apply_and_refused_twice_by_ad
     assert!(apply.starts_with("/etc/bcachetab:1: /dev/vda: up: /dev/bcache") && apply.ends_with("status=0"), "{apply}");
     let adopt = out.expect_value("adopt_mine");
     assert!(adopt.contains("already in /etc/bcachetab:1 as LABEL=my\\x20disk") && adopt.ends_with("status=1"), "{adopt}");
+    let elsewhere = out.expect_value("spec_elsewhere");
+    assert!(elsewhere.contains("LABEL=my\\x20disk names /dev/vda, not this device") && elsewhere.ends_with("status=1"), "{elsewhere}");
     let again = out.expect_value("adopt_other_again");
     assert!(again.contains("already in /etc/bcachetab:2 as LABEL=other\\x20disk") && again.ends_with("status=1"), "{again}");
     let tab = out.section("tab");
