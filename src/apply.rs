@@ -16,7 +16,7 @@ use crate::identity::{self, Mismatch, Resolver};
 use crate::raw::{RawBacking, RawError};
 use crate::state::{self, Record, State, StateError, Store};
 use crate::superblock::{BdevState, CacheMode};
-use crate::sysfs::{Registered, Sysfs, SysfsError};
+use crate::sysfs::{Registered, SetAction, Sysfs, SysfsError};
 
 /// Where bcachetab, the state file and the run-time files are.
 #[derive(Debug, Clone)]
@@ -231,7 +231,8 @@ fn registered_as(env: &Env, entry: &Entry, dev: &Device) -> Option<(PathBuf, u64
             return Some((dev.path().to_owned(), rdev));
         }
     }
-    header::find(&entry.uuid)
+    // A header's dm device stays when its bcache device stops.
+    header::find(&entry.uuid).filter(|(_, rdev)| env.sysfs.registered(*rdev).is_some())
 }
 
 /// Registers the device of `entry` (found at `path`) unless it already is,
@@ -268,48 +269,15 @@ pub fn bring_up(env: &Env, entry: &Entry, path: &Path) -> Result<Status, ApplyEr
         })?;
         fault(path, "register:before-kernel")?;
         let shown = path.to_string_lossy().into_owned();
-        match reg.layout {
-            Layout::Raw => {
-                let raw = RawBacking {
-                    uuid: entry.uuid,
-                    set_uuid: reg.set_uuid,
-                    data_offset: reg.data_offset,
-                    block_size: entry.options.block_size,
-                    cache_mode: reg.mode,
-                    state: reg.state,
-                    label: entry.options.label.clone(),
-                    size: None,
-                };
-                raw.validate(&dev)?;
-                env.sysfs.register_raw(&shown, &raw.line(&shown))?;
-            }
-            Layout::Header => {
-                let joined = header::set_up(
-                    &env.run_dir,
-                    &dev,
-                    &HeaderParams {
-                        uuid: entry.uuid,
-                        set_uuid: reg.set_uuid,
-                        state: reg.state,
-                        cache_mode: reg.mode,
-                        label: &entry.options.label,
-                        block_size: entry.options.block_size.unwrap_or(dev.logical_block_size()),
-                    },
-                )?;
-                drop(dev);
-                env.sysfs.register(&joined.to_string_lossy(), false)?;
-            }
-        }
+        let log = env.sysfs.kernel_log();
+        let (node, mut dir) = register(env, entry, &reg, dev, path)?;
         let since = since_file(env, &entry.uuid);
         fs::create_dir_all(env.run_dir.join("since"))
             .and_then(|_| fs::write(&since, b""))
             .map_err(|e| ApplyError::Io(since.clone(), e))?;
-        let dev = Device::open(path, Access::Read)?;
-        let (_, rdev) = registered_as(env, entry, &dev).ok_or_else(|| {
-            ApplyError::Io(path.to_owned(), io::Error::other("registered, but bcache does not show it"))
-        })?;
-        let dir = env.sysfs.backing_dir(&shown, rdev)?;
         fault(path, "register:after-kernel")?;
+        let no_slot = log.map(|l| l.no_slot_devices()).unwrap_or_default();
+        dir = settle_unconfirmed(env, entry, &reg, st.get(&entry.uuid), path, (&node, dir), &no_slot)?;
         record_attachment(env, &entry.uuid, &dir)?;
         for t in &entry.options.tunables {
             fault(&dir.join(t.attr), "tunable")?;
@@ -317,6 +285,131 @@ pub fn bring_up(env: &Env, entry: &Entry, path: &Path) -> Result<Status, ApplyEr
         }
     }
     Ok(live_at(env, entry, path).0)
+}
+
+/// A device registered dirty that its set refused for want of a slot
+/// (`no_slot`, the kernel's words), when nothing says the set held dirty
+/// data for it: an attach written ahead and never confirmed (a power cut
+/// before the kernel acted), or one the set's journal lost (a power cut
+/// within journal_delay_ms of the attach, before anything was written).
+/// The set holds nothing for it, so it is registered again as new to the
+/// set. A device the kernel reported dirty keeps waiting: that data is
+/// gone with the slot, and only the operator may accept it (`bcache run
+/// --force`). So does a device when the kernel's log cannot say. Returns
+/// the registered device's sysfs directory.
+fn settle_unconfirmed(
+    env: &Env,
+    entry: &Entry,
+    reg: &Registration,
+    record: Option<&Record>,
+    path: &Path,
+    (node, dir): (&Path, PathBuf),
+    no_slot: &[String],
+) -> Result<PathBuf, ApplyError> {
+    let nothing_to_lose = record.is_some_and(|r| {
+        !r.stale && r.attached == reg.set_uuid && (r.pending || r.state != Some(BdevState::Dirty))
+    });
+    let set_here = reg.set_uuid.is_some_and(|s| env.sysfs.set_dir(&s).is_ok());
+    // The kernel's name of the device: the directory /sys/dev/block/M:N links to.
+    let name = dir.parent().and_then(|d| fs::canonicalize(d).ok()).and_then(|d| Some(d.file_name()?.to_string_lossy().into_owned()));
+    let refused = name.is_some_and(|n| no_slot.contains(&n));
+    if !(nothing_to_lose && reg.state == BdevState::Dirty && set_here && refused && attached_set(&dir).is_none()) {
+        return Ok(dir);
+    }
+    if record.is_some_and(|r| !r.pending) {
+        eprintln!(
+            "bcache: warning: {}: cache set {} has no slot for {} although it was attached (lost with the \
+             set's journal by a power cut just after the attach, or a new cache made with the set's uuid): \
+             attached afresh",
+            path.display(),
+            reg.set_uuid.map_or("-".into(), |s| s.to_string()),
+            entry.uuid
+        );
+    }
+    env.sysfs.release(node, &Registered::Backing(dir), SetAction::Stop)?;
+    let fresh = Registration { state: BdevState::None, ..reg.clone() };
+    Ok(register(env, entry, &fresh, Device::open(path, Access::Read)?, path)?.1)
+}
+
+/// After cache devices were registered (`bcache register`, from udev):
+/// what the kernel wrote into the headers goes to the state file, and a
+/// waiting device the new set refused for want of a slot is settled
+/// ([`settle_unconfirmed`]). `log` is the kernel's log from before the
+/// registration.
+pub fn after_caches_registered(log: Option<crate::sysfs::KernelLog>) -> Result<(), ApplyError> {
+    let env = Env::default();
+    let tab = match Tab::load(&env.tab) {
+        Ok(tab) if !tab.entries.is_empty() => tab,
+        _ => return Ok(()),
+    };
+    sync_headers(&env, &tab)?;
+    let no_slot = log.map(|l| l.no_slot_devices()).unwrap_or_default();
+    if no_slot.is_empty() {
+        return Ok(());
+    }
+    let st = State::load(&env.state)?;
+    let has_raw = env.sysfs.bcache_dir()?.join("register_raw").exists();
+    let resolver = Resolver::default();
+    for e in tab.entries.iter().filter(|e| st.get(&e.uuid).is_some_and(|r| r.attached.is_some())) {
+        let Some(path) = resolver.resolve(&e.device) else { continue };
+        let _lock = device_lock(&env, &e.uuid)?;
+        let Some((node, rdev)) = registered_as(&env, e, &Device::open(&path, Access::Read)?) else { continue };
+        let dir = env.sysfs.backing_dir(&path.to_string_lossy(), rdev)?;
+        let reg = registration(e, st.get(&e.uuid), st.is_copy, has_raw)?;
+        let dir = settle_unconfirmed(&env, e, &reg, st.get(&e.uuid), &path, (&node, dir), &no_slot)?;
+        record_attachment(&env, &e.uuid, &dir)?;
+    }
+    Ok(())
+}
+
+/// Tells the kernel about `dev` (the device of `entry`, at `path`) as `reg`
+/// says, by either layout; returns the registered device (the device
+/// itself, or the header's dm device) and its sysfs directory.
+fn register(
+    env: &Env,
+    entry: &Entry,
+    reg: &Registration,
+    dev: Device,
+    path: &Path,
+) -> Result<(PathBuf, PathBuf), ApplyError> {
+    let shown = path.to_string_lossy().into_owned();
+    match reg.layout {
+        Layout::Raw => {
+            let raw = RawBacking {
+                uuid: entry.uuid,
+                set_uuid: reg.set_uuid,
+                data_offset: reg.data_offset,
+                block_size: entry.options.block_size,
+                cache_mode: reg.mode,
+                state: reg.state,
+                label: entry.options.label.clone(),
+                size: None,
+            };
+            raw.validate(&dev)?;
+            env.sysfs.register_raw(&shown, &raw.line(&shown))?;
+        }
+        Layout::Header => {
+            let joined = header::set_up(
+                &env.run_dir,
+                &dev,
+                &HeaderParams {
+                    uuid: entry.uuid,
+                    set_uuid: reg.set_uuid,
+                    state: reg.state,
+                    cache_mode: reg.mode,
+                    label: &entry.options.label,
+                    block_size: entry.options.block_size.unwrap_or(dev.logical_block_size()),
+                },
+            )?;
+            drop(dev);
+            env.sysfs.register(&joined.to_string_lossy(), false)?;
+        }
+    }
+    let dev = Device::open(path, Access::Read)?;
+    let (node, rdev) = registered_as(env, entry, &dev).ok_or_else(|| {
+        ApplyError::Io(path.to_owned(), io::Error::other("registered, but bcache does not show it"))
+    })?;
+    Ok((node, env.sysfs.backing_dir(&shown, rdev)?))
 }
 
 /// The cache set a registered backing device is attached to, from its
@@ -501,18 +594,22 @@ pub fn record_uevent(env: &Env, props: Props) -> Result<(), ApplyError> {
     let set = props("BCACHE_SET_UUID").and_then(|u| u.parse::<Uuid>().ok()).filter(|u| !u.is_nil());
     let st = props("BCACHE_STATE").and_then(|s| BdevState::ALL.into_iter().find(|x| x.name() == s));
     let mode = props("BCACHE_CACHE_MODE").and_then(|m| m.parse().ok());
-    env.store().record_fact(uuid, "the state the kernel reported", |r| note(r, set, st, mode))?;
+    env.store().record_fact(uuid, "the state the kernel reported", |r| note(r, set, st, mode, true))?;
     Ok(())
 }
 
-/// Folds a superblock state the kernel wrote into a record.
-fn note(r: &mut Record, set: Option<Uuid>, st: Option<BdevState>, mode: Option<CacheMode>) {
+/// Folds a superblock state into a record. `written_by_kernel`: only the
+/// kernel wrote it (a raw device's event), so clean or dirty with a set
+/// proves the attach, and the state is the kernel's; a header also holds
+/// what this tool registered it with, so there only its stale and detach
+/// marks count, and sysfs proves the attach ([`record_attachment`]).
+fn note(r: &mut Record, set: Option<Uuid>, st: Option<BdevState>, mode: Option<CacheMode>, written_by_kernel: bool) {
     match st {
         // Run without its set: its slot must be dropped at the next attach.
         Some(BdevState::Stale) => r.stale = true,
         // Attached (again): the set holds a slot, a fresh one after stale.
         Some(BdevState::Clean | BdevState::Dirty) => {
-            if let Some(set) = set {
+            if let Some(set) = set.filter(|_| written_by_kernel) {
                 confirm_attach(r, set);
             }
         }
@@ -524,7 +621,7 @@ fn note(r: &mut Record, set: Option<Uuid>, st: Option<BdevState>, mode: Option<C
         }
         _ => {}
     }
-    if st.is_some() {
+    if st.is_some() && written_by_kernel {
         r.state = st;
     }
     if mode.is_some() {
@@ -550,24 +647,18 @@ pub fn reconcile(env: &Env, tab: &Tab) -> Result<bool, ApplyError> {
     Ok(merged)
 }
 
-/// [`sync_headers`] for the system's bcachetab, when there is one: after
-/// anything that may attach or detach its devices (registering a cache
-/// attaches the devices waiting for its set).
-pub fn sync_system_headers() -> Result<(), ApplyError> {
-    let env = Env::default();
-    match Tab::load(&env.tab) {
-        Ok(tab) if !tab.entries.is_empty() => sync_headers(&env, &tab),
-        _ => Ok(()),
-    }
-}
-
 /// Reads back what the kernel wrote into the headers set up at this boot
 /// (stock kernels emit no uevent for it) into the state file.
 pub fn sync_headers(env: &Env, tab: &Tab) -> Result<(), ApplyError> {
     for e in &tab.entries {
         if let Some(sb) = header::read_back(&env.run_dir, &e.uuid) {
             let set = Some(sb.set_uuid).filter(|u| !u.is_nil());
-            env.store().record_fact(e.uuid, "the state the kernel wrote", |r| note(r, set, Some(sb.state()), sb.cache_mode()))?;
+            let (st, mode) = (Some(sb.state()), sb.cache_mode());
+            env.store().record_fact(e.uuid, "the state the kernel wrote", |r| note(r, set, st, mode, false))?;
+            let dir = header::find(&e.uuid).and_then(|(node, rdev)| env.sysfs.backing_dir(&node.to_string_lossy(), rdev).ok());
+            if let Some(dir) = dir {
+                record_attachment(env, &e.uuid, &dir)?;
+            }
         }
     }
     Ok(())

@@ -77,8 +77,24 @@ pub fn find(uuid: &Uuid) -> Option<(PathBuf, u64)> {
 
 /// Builds the header and the dm device in front of `dev`; returns the dm
 /// device's path, to be registered.
+/// A dm device left from an earlier registration at this boot (the bcache
+/// device stopped) gets the new superblock in place, written through the
+/// dm device itself so that its page cache holds what the kernel reads.
 pub fn set_up(run_dir: &Path, dev: &Device, p: &HeaderParams) -> Result<PathBuf, HeaderError> {
+    if let Some((joined, _)) = find(&p.uuid) {
+        Device::open(&joined, crate::device::Access::WriteExclusive)?.write_superblock(&superblock(p)?)?;
+        return Ok(joined);
+    }
     let file = header_file(run_dir, &p.uuid);
+    let sb = superblock(p)?;
+    let mut bytes = vec![0u8; (HEADER_SECTORS * 512) as usize];
+    bytes[SB_START as usize..].copy_from_slice(&sb.to_bytes());
+    crate::state::write_atomically(&file, &bytes).map_err(|e| HeaderError::Io(file.clone(), e))?;
+    join(&file, dev, p)
+}
+
+/// The header's superblock.
+fn superblock(p: &HeaderParams) -> Result<Superblock, HeaderError> {
     let label = Label::new(p.label).map_err(|e| HeaderError::Label(e.to_string()))?;
     let mut sb = Superblock::new_backing(&BackingParams {
         uuid: p.uuid,
@@ -91,14 +107,16 @@ pub fn set_up(run_dir: &Path, dev: &Device, p: &HeaderParams) -> Result<PathBuf,
     });
     sb.set_state(p.state);
     sb.seal();
-    let mut bytes = vec![0u8; (HEADER_SECTORS * 512) as usize];
-    bytes[SB_START as usize..].copy_from_slice(&sb.to_bytes());
-    crate::state::write_atomically(&file, &bytes).map_err(|e| HeaderError::Io(file.clone(), e))?;
+    Ok(sb)
+}
 
+/// The loop device over the header `file` and the dm device joining it in
+/// front of `dev`.
+fn join(file: &Path, dev: &Device, p: &HeaderParams) -> Result<PathBuf, HeaderError> {
     // Held open until the dm table holds the loop device: autoclear would
     // take it down at our close otherwise.
-    let loop_dev = attach_loop(&file)?;
-    let err_loop = |e| HeaderError::Loop(file.clone(), e);
+    let loop_dev = attach_loop(file)?;
+    let err_loop = |e| HeaderError::Loop(file.to_owned(), e);
     let (lmaj, lmin) = (loop_dev.major().map_err(err_loop)?, loop_dev.minor().map_err(err_loop)?);
     let rdev = dev.rdev().unwrap_or(0);
     let (maj, min) = (nix::sys::stat::major(rdev), nix::sys::stat::minor(rdev));

@@ -427,10 +427,15 @@ impl KmsgTail {
 
     /// The last reason `reason` finds in the records logged since
     /// `open`: the write that provoked it was ours, just before.
-    fn find(mut self, reason: fn(&str) -> Option<&str>) -> Option<String> {
+    fn find(self, reason: fn(&str) -> Option<&str>) -> Option<String> {
+        self.messages().iter().rev().find_map(|m| reason(m)).map(str::to_owned)
+    }
+
+    /// The messages logged since `open`, the first line of each.
+    fn messages(mut self) -> Vec<String> {
         use std::io::Read;
         let mut buf = vec![0u8; 8192];
-        let mut found = None;
+        let mut out = Vec::new();
         // Each read returns one record; EAGAIN marks the end of the log.
         while let Ok(n) = self.0.read(&mut buf) {
             if n == 0 {
@@ -438,12 +443,37 @@ impl KmsgTail {
             }
             let rec = String::from_utf8_lossy(&buf[..n]);
             let msg = rec.split_once(';').map_or(&*rec, |(_, m)| m);
-            if let Some(r) = reason(msg.lines().next().unwrap_or("")) {
-                found = Some(r.to_owned());
-            }
+            out.push(msg.lines().next().unwrap_or("").to_owned());
         }
-        found
+        out
     }
+}
+
+/// What the kernel logs from a moment on: read after a write to learn
+/// what the kernel made of it (the attach a registration tries is only
+/// reported there).
+pub struct KernelLog(KmsgTail);
+
+impl KernelLog {
+    /// The backing devices (kernel names, e.g. vdb or dm-0) the kernel
+    /// refused to attach because their cache set has no slot for their
+    /// uuid: the proof that the set holds nothing for them.
+    pub fn no_slot_devices(self) -> Vec<String> {
+        self.0.messages().iter().filter_map(|m| no_slot_device(m)).map(str::to_owned).collect()
+    }
+}
+
+impl Sysfs {
+    /// The kernel log from now on, when it can be read.
+    pub fn kernel_log(&self) -> Option<KernelLog> {
+        KmsgTail::open(&self.path("dev/kmsg")).map(KernelLog)
+    }
+}
+
+/// The device of a "bcache: bch_cached_dev_attach() Couldn't find uuid for
+/// DEV in set" message.
+fn no_slot_device(msg: &str) -> Option<&str> {
+    msg.split_once("Couldn't find uuid for ")?.1.strip_suffix(" in set").map(str::trim)
 }
 
 /// The reason of a "bcache: register_bcache() error DEV: REASON" message.

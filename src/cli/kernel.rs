@@ -140,6 +140,7 @@ pub fn register(args: &RegisterArgs) -> anyhow::Result<Outcome> {
         return register_raw(&sysfs, args);
     }
     let mut failed = false;
+    let log = sysfs.kernel_log();
     for dev in &args.devices {
         if let Err(e) = register_one(&sysfs, dev, args.quiet) {
             eprintln!("bcache register: {e:#}");
@@ -148,7 +149,7 @@ pub fn register(args: &RegisterArgs) -> anyhow::Result<Outcome> {
     }
     // A cache set that came up attached the bcachetab devices waiting for
     // it: the state file must know before anything can mark them stale.
-    if let Err(e) = bcache::apply::sync_system_headers() {
+    if let Err(e) = bcache::apply::after_caches_registered(log) {
         eprintln!("bcache register: {e}");
         failed = true;
     }

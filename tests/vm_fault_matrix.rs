@@ -1,0 +1,366 @@
+//! The fault matrix (issue 8, FAULT-MATRIX.md): for each transition of an
+//! adopted device and each fault between its steps, one test, on both
+//! layouts (raw with the patched module, header on the stock kernel).
+//!
+//! Every cell runs the same three boots:
+//! 1. an existing ext4 with files is adopted with a writeback cache (or
+//!    writethrough with a timeout, for the timeout run); the transition
+//!    runs with its fault; if the device is up after it, one more file is
+//!    written through it; then the power is cut.
+//! 2. the cache is gone (a blank disk in its place): `tab apply --all` and
+//!    `tab wait --all`. A device whose set held dirty data at the cut must
+//!    not run. If it runs, its files are checked and one more is written.
+//! 3. the cache is back: the device must come up with every file written
+//!    in boots 1 and 2 intact (compared byte for byte): what the cache held
+//!    for a device that ran without it is never served.
+//!
+//! The faults: `cut-before` and `cut-after` crash the tool just before and
+//! just after it tells the kernel (`BCACHE_FAULT`, src/fault.rs) and cut
+//! the power; `event-lost` runs the transition with nothing recording the
+//! kernel's state-change events (no udev in this guest); `var-ro` runs it
+//! with an event recorder (busybox uevent running `bcache tab record`, as
+//! 61-bcachetab.rules does) while /var/lib/bcache is read-only. For a
+//! transition the kernel makes alone (the first dirty write), the cuts fall
+//! before and after the write.
+
+mod common;
+
+use common::vm::{Scratch, Vm, VmOutput};
+use common::{pattern, RES, SAME_FILES};
+
+const MIB: u64 = 1 << 20;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Layout {
+    Raw,
+    Header,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Fault {
+    CutBefore,
+    CutAfter,
+    EventLost,
+    VarReadOnly,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Transition {
+    /// `bcache adopt` with a registered cache set, writeback.
+    Adopt,
+    /// `bcache attach` of an adopted device that had no set.
+    Attach,
+    /// The kernel's first dirty write (no tool step).
+    FirstDirty,
+    /// `bcache tab wait`: a writethrough device with timeout=1 runs
+    /// without its set (in boot 2, where the set is missing).
+    TimeoutRun,
+}
+
+/// Files of the file system before adoption.
+const FILES: u64 = 3;
+
+fn file_data(i: u64) -> Vec<u8> {
+    pattern(120_000 + i as usize * 30_011, 0x4a00 + i)
+}
+
+/// Files written through bcache: in boot 1 after the transition (b1), in
+/// boot 2 without the cache (b2), and in boot 1 before it (b0).
+fn written(name: &str) -> Vec<u8> {
+    let seed = name.bytes().fold(0u64, |h, b| h.wrapping_mul(131).wrapping_add(b as u64));
+    pattern(2 << 20, seed)
+}
+
+fn guest(layout: Layout) -> Vm {
+    let mut vm = Vm::new();
+    if layout == Layout::Raw {
+        let ko = common::patched_module(&vm);
+        vm.host_file(&ko, "/lib/modules/bcache.ko");
+    }
+    vm.module("ext4");
+    for i in 0..FILES {
+        vm.file(&format!("/root/expect/file{i}"), file_data(i), false);
+    }
+    for b in ["b0", "b1", "b2"] {
+        vm.file(&format!("/root/new/{b}"), written(b), false);
+    }
+    vm
+}
+
+/// bcachetab and the state file, for the next boot (empty when a refused
+/// step left none).
+const SAVE: &str = r#"
+    section bcachetab sh -c 'cat /etc/bcachetab 2>/dev/null; true'
+    section state sh -c 'cat /var/lib/bcache/state 2>/dev/null; true'
+"#;
+
+/// Guest functions: the registered backing device, a write through the
+/// bcache device, the kernel's view at the cut, and the event recorder.
+const LIB: &str = r#"
+backing() {
+    for d in /sys/block/*/bcache/running; do
+        d=${d%/bcache/running}; d=${d##*/}
+        case $d in bcache*) ;; *) echo /dev/$d; return 0 ;; esac
+    done
+    return 1
+}
+write_new() {
+    mkdir -p /mnt
+    mount -t ext4 /dev/bcache0 /mnt && cp /root/new/$1 /mnt/$1 && umount /mnt && echo "$1" >> /root/wrote
+}
+sysdir() {
+    b=$(backing) && echo /sys/block/${b#/dev/}/bcache
+}
+attached() {
+    test -e "$(sysdir)/cache"
+}
+at_cut() {
+    emit wrote "$(cat /root/wrote 2>/dev/null | tr '\n' ' ')"
+    emit kernel_state "$(cat "$(sysdir)/state" 2>/dev/null || echo unregistered)"
+}
+record_events() {
+    uevent sh -c '[ "$BCACHE_RAW" = 1 ] && bcache tab record' &
+}
+var_read_only() {
+    mkdir -p /var/lib/bcache && mount --bind /var/lib/bcache /var/lib/bcache && mount -o remount,bind,ro /var/lib/bcache
+}
+"#;
+
+fn adopt(mode: &str) -> String {
+    format!("bcache adopt /dev/vda --cache /dev/vdb {mode} --name d -o writeback_running=0")
+}
+
+/// Boot 1's script for a cell.
+fn boot1(t: Transition, f: Fault) -> String {
+    let fault = |point: &str| match f {
+        Fault::CutBefore => format!("env BCACHE_FAULT={point}:before-kernel:crash "),
+        Fault::CutAfter => format!("env BCACHE_FAULT={point}:after-kernel:crash "),
+        _ => String::new(),
+    };
+    let around = match f {
+        Fault::VarReadOnly => "record_events\n        var_read_only",
+        Fault::CutAfter | Fault::CutBefore => "record_events",
+        Fault::EventLost => "",
+    };
+    let (prepare, step) = match t {
+        Transition::Adopt => (String::new(), format!("{}{}", fault("register"), adopt("--writeback"))),
+        Transition::Attach => (
+            "check adopt_without_set bcache adopt /dev/vda --writeback --name d -o writeback_running=0\n        \
+             wait_for /dev/bcache0\n        check write_b0 write_new b0\n        \
+             check register_cache bcache register /dev/vdb"
+                .to_owned(),
+            format!("{}bcache attach /dev/vdb $(backing)", fault("attach")),
+        ),
+        Transition::FirstDirty => (
+            format!("check adopt {}\n        wait_for /dev/bcache0", adopt("--writeback")),
+            match f {
+                // The kernel's step: the cut falls before or after the write.
+                Fault::CutBefore => "true".to_owned(),
+                _ => "write_new b0".to_owned(),
+            },
+        ),
+        Transition::TimeoutRun => (
+            format!("check adopt {}\n        wait_for /dev/bcache0\n        check write_b0 write_new b0", adopt("-o timeout=1")),
+            "true".to_owned(),
+        ),
+    };
+    // One more file through the device if it is up after the step (after
+    // a crash too: the kernel may have acted), except where the cut falls
+    // before the kernel's own step.
+    let post = if (t, f) == (Transition::FirstDirty, Fault::CutBefore) { "" } else { "test -e /dev/bcache0 && write_new b1" };
+    format!(
+        r#"{RES}{LIB}
+        check make_cache bcache make -C /dev/vdb
+        {prepare}
+        {around}
+        emit step "$(res {step})"
+        {post}
+        at_cut
+        {SAVE}
+        power_cut
+        "#
+    )
+}
+
+/// Boot 2's script (no cache): for the timeout run, its step with the fault.
+fn boot2(t: Transition, f: Fault) -> String {
+    let wait = if t == Transition::TimeoutRun {
+        let (around, crash) = match f {
+            Fault::CutBefore => ("record_events", "env BCACHE_FAULT=run:before-kernel:crash "),
+            Fault::CutAfter => ("record_events", "env BCACHE_FAULT=run:after-kernel:crash "),
+            Fault::VarReadOnly => ("record_events\n        var_read_only", ""),
+            Fault::EventLost => ("", ""),
+        };
+        format!("{around}\n        emit wait \"$(res {crash}bcache tab wait --all)\"")
+    } else {
+        "emit wait \"$(res bcache tab wait --all)\"".to_owned()
+    };
+    // The timeout run's cuts: the power goes right after the crash.
+    let after_cut = if t == Transition::TimeoutRun && matches!(f, Fault::CutBefore | Fault::CutAfter) {
+        format!("section list bcache tab list\n        {SAVE}\n        power_cut")
+    } else {
+        String::new()
+    };
+    format!(
+        r#"{RES}{SAME_FILES}{LIB}
+        emit apply "$(res bcache tab apply --all)"
+        {wait}
+        {after_cut}
+        if [ -e /dev/bcache0 ]; then
+            emit ran_without_set yes
+            mkdir -p /mnt
+            check mount_without_set mount -t ext4 /dev/bcache0 /mnt
+            same_files /mnt without_set
+            for b in $(cat /root/wrote-before 2>/dev/null); do check "without_set_$b" cmp /root/new/$b /mnt/$b; done
+            umount /mnt
+            check write_b2 write_new b2
+        else
+            emit ran_without_set no
+        fi
+        section list bcache tab list
+        {SAVE}
+        power_cut
+        "#
+    )
+}
+
+/// Boot 3's script (the cache is back): every file must be there.
+fn boot3(attaches: bool) -> String {
+    let attached = if attaches { "wait_until 60 attached" } else { "check_fails attached attached" };
+    format!(
+        r#"{RES}{SAME_FILES}{LIB}
+        emit apply "$(res bcache tab apply --all)"
+        check register_cache bcache register /dev/vdb
+        wait_for /dev/bcache0 60
+        {attached}
+        mkdir -p /mnt
+        check mount mount -t ext4 /dev/bcache0 /mnt
+        same_files /mnt back
+        for b in $(cat /root/wrote-before); do check "back_$b" cmp /root/new/$b /mnt/$b; done
+        umount /mnt
+        section list bcache tab list
+        {SAVE}
+        "#
+    )
+}
+
+fn carry(vm: &mut Vm, out: &VmOutput, wrote: &[String]) {
+    vm.file("/etc/bcachetab", out.section("bcachetab"), false);
+    vm.file("/var/lib/bcache/state", out.section("state"), false);
+    vm.file("/root/wrote-before", wrote.join("\n") + "\n", false);
+}
+
+fn words(v: Option<&str>) -> Vec<String> {
+    v.unwrap_or("").split_whitespace().map(str::to_owned).collect()
+}
+
+fn cell(t: Transition, f: Fault, layout: Layout) {
+    let scratch = Scratch::new();
+    let files: Vec<_> = (0..FILES).map(|i| (format!("file{i}"), file_data(i))).collect();
+    let fs = common::ext4_with_files(&scratch, "fs.img", 64 * MIB, &files, None);
+    let cache = scratch.image("cache.img", 300 * MIB);
+    let blank = scratch.image("blank.img", 300 * MIB);
+    let fs_before = std::fs::read(&fs).unwrap();
+
+    let mut vm = guest(layout);
+    vm.disk(&fs).disk(&cache);
+    let out1 = vm.run(&boot1(t, f));
+    out1.assert_ok();
+    let crash_in_boot1 = matches!(f, Fault::CutBefore | Fault::CutAfter) && matches!(t, Transition::Adopt | Transition::Attach);
+    if crash_in_boot1 {
+        let step = out1.expect_value("step");
+        assert!(step.contains("fault injected: crash at"), "the fault was not injected: {step}");
+    }
+    let mut wrote = words(out1.value("wrote"));
+    // A step whose record cannot be written is refused before the kernel
+    // is told: the adopt leaves nothing behind, and the cell ends there.
+    if f == Fault::VarReadOnly && t == Transition::Adopt {
+        let step = out1.expect_value("step");
+        assert!(step.contains("nothing was changed") && !step.ends_with("status=0"), "{step}");
+        assert!(wrote.is_empty(), "{wrote:?}");
+        assert_eq!(std::fs::read(&fs).unwrap(), fs_before, "the raw disk changed");
+        assert!(out1.try_section("bcachetab").is_none_or(|t| !t.contains("/dev/")), "a line was added");
+        return;
+    }
+    if f == Fault::VarReadOnly && t == Transition::Attach {
+        let step = out1.expect_value("step");
+        assert!(step.contains("nothing was changed") && !step.ends_with("status=0"), "{step}");
+    }
+    let dirty_at_cut = out1.value("kernel_state") == Some("dirty");
+    if matches!(f, Fault::CutBefore) && matches!(t, Transition::Adopt) {
+        assert!(wrote.is_empty(), "the crash before the kernel left a device up: {wrote:?}");
+        assert_eq!(std::fs::read(&fs).unwrap(), fs_before, "the raw disk changed before the kernel was told");
+    }
+
+    let mut vm2 = guest(layout);
+    vm2.disk(&fs).disk(&blank);
+    carry(&mut vm2, &out1, &wrote);
+    let out2 = vm2.run(&boot2(t, f));
+    out2.assert_ok();
+    if t == Transition::TimeoutRun && matches!(f, Fault::CutBefore | Fault::CutAfter) {
+        let wait = out2.expect_value("wait");
+        assert!(wait.contains("fault injected: crash at"), "the fault was not injected: {wait}");
+    }
+    let ran = out2.value("ran_without_set") == Some("yes");
+    assert!(
+        !(ran && dirty_at_cut),
+        "a device whose set held dirty data ran without it (state at the cut {:?}):\n{}",
+        out1.value("kernel_state"),
+        out2.section("list")
+    );
+    wrote.extend(words(out2.value("wrote")));
+
+    let mut vm3 = guest(layout);
+    vm3.disk(&fs).disk(&cache);
+    carry(&mut vm3, &out2, &wrote);
+    // The line names a set unless the attach was refused.
+    let attaches = !(t == Transition::Attach && f == Fault::VarReadOnly);
+    let out3 = vm3.run(&boot3(attaches));
+    out3.assert_ok();
+}
+
+macro_rules! cells {
+    ($($name:ident: $t:ident $f:ident $l:ident;)*) => {
+        $(
+            #[test]
+            fn $name() {
+                cell(Transition::$t, Fault::$f, Layout::$l);
+            }
+        )*
+    };
+}
+
+cells! {
+    adopt_cut_before_kernel_raw: Adopt CutBefore Raw;
+    adopt_cut_before_kernel_header: Adopt CutBefore Header;
+    adopt_cut_after_kernel_raw: Adopt CutAfter Raw;
+    adopt_cut_after_kernel_header: Adopt CutAfter Header;
+    adopt_event_lost_raw: Adopt EventLost Raw;
+    adopt_event_lost_header: Adopt EventLost Header;
+    adopt_var_read_only_raw: Adopt VarReadOnly Raw;
+    adopt_var_read_only_header: Adopt VarReadOnly Header;
+    attach_cut_before_kernel_raw: Attach CutBefore Raw;
+    attach_cut_before_kernel_header: Attach CutBefore Header;
+    attach_cut_after_kernel_raw: Attach CutAfter Raw;
+    attach_cut_after_kernel_header: Attach CutAfter Header;
+    attach_event_lost_raw: Attach EventLost Raw;
+    attach_event_lost_header: Attach EventLost Header;
+    attach_var_read_only_raw: Attach VarReadOnly Raw;
+    attach_var_read_only_header: Attach VarReadOnly Header;
+    first_dirty_write_cut_before_raw: FirstDirty CutBefore Raw;
+    first_dirty_write_cut_before_header: FirstDirty CutBefore Header;
+    first_dirty_write_cut_after_raw: FirstDirty CutAfter Raw;
+    first_dirty_write_cut_after_header: FirstDirty CutAfter Header;
+    first_dirty_write_event_lost_raw: FirstDirty EventLost Raw;
+    first_dirty_write_event_lost_header: FirstDirty EventLost Header;
+    first_dirty_write_var_read_only_raw: FirstDirty VarReadOnly Raw;
+    first_dirty_write_var_read_only_header: FirstDirty VarReadOnly Header;
+    timeout_run_cut_before_kernel_raw: TimeoutRun CutBefore Raw;
+    timeout_run_cut_before_kernel_header: TimeoutRun CutBefore Header;
+    timeout_run_cut_after_kernel_raw: TimeoutRun CutAfter Raw;
+    timeout_run_cut_after_kernel_header: TimeoutRun CutAfter Header;
+    timeout_run_event_lost_raw: TimeoutRun EventLost Raw;
+    timeout_run_event_lost_header: TimeoutRun EventLost Header;
+    timeout_run_var_read_only_raw: TimeoutRun VarReadOnly Raw;
+    timeout_run_var_read_only_header: TimeoutRun VarReadOnly Header;
+}
