@@ -489,6 +489,21 @@ pub fn attach(env: &Env, name: &str, dir: &Path, set: Uuid) -> Result<bool, Appl
     Ok(true)
 }
 
+/// `bcache run`: a registered backing device (sysfs directory `dir`) runs
+/// without its set. `marks_stale`: it waits for its set (clean or dirty),
+/// so the kernel marks it stale as it runs; a bcachetab device's record
+/// says so first, or the next boot would serve the set's old data.
+pub fn run_without_set(env: &Env, name: &str, dir: &Path, marks_stale: bool) -> Result<(), ApplyError> {
+    let uuid = env.sysfs.read(&dir.join("backing_dev_uuid")).ok().and_then(|u| u.parse::<Uuid>().ok());
+    if let Some(uuid) = uuid.filter(|u| marks_stale && is_tab_device(env, u).unwrap_or(true)) {
+        mark_stale(env, &uuid)?;
+    }
+    fault(dir, "run:before-kernel")?;
+    env.sysfs.write(name, &dir.join("running"), "1")?;
+    fault(dir, "run:after-kernel")?;
+    Ok(())
+}
+
 /// Before a device runs without its cache set (`bcache run --force`, a
 /// timeout): its stale mark, so that the set's old data for it is dropped
 /// when the set returns, never served. Durable before the kernel is told;
@@ -641,10 +656,47 @@ pub fn reconcile(env: &Env, tab: &Tab) -> Result<bool, ApplyError> {
     let resolver = Resolver::default();
     for e in &tab.entries {
         if let (_, Some(dir)) = live(env, &resolver, e) {
+            if let Some(k) = KernelView::read(&dir).filter(|k| k.seq > 0 && k.uuid == e.uuid) {
+                env.store().record_fact(e.uuid, "the state the kernel shows", |r| {
+                    note(r, k.set, Some(k.state), Some(k.mode), true)
+                })?;
+            }
             record_attachment(env, &e.uuid, &dir)?;
         }
     }
     Ok(merged)
+}
+
+/// What the patched module shows of a raw-registered device
+/// (`raw_state`): its superblock as the kernel holds it now, whatever
+/// uevents were lost. `seq` counts the kernel's changes since the
+/// registration: at 0 it is what this tool registered.
+#[derive(Debug, PartialEq, Eq)]
+struct KernelView {
+    uuid: Uuid,
+    set: Option<Uuid>,
+    state: BdevState,
+    mode: CacheMode,
+    seq: u64,
+}
+
+impl KernelView {
+    fn read(dir: &Path) -> Option<KernelView> {
+        KernelView::parse(&fs::read_to_string(dir.join("raw_state")).ok()?)
+    }
+
+    fn parse(line: &str) -> Option<KernelView> {
+        let field = |key: &str| {
+            line.split_ascii_whitespace().find_map(|w| w.strip_prefix(key)?.strip_prefix('='))
+        };
+        Some(KernelView {
+            uuid: field("uuid")?.parse().ok()?,
+            set: Some(field("set_uuid")?.parse::<Uuid>().ok()?).filter(|u| !u.is_nil()),
+            state: BdevState::ALL.into_iter().find(|s| Some(s.name()) == field("state"))?,
+            mode: field("cache_mode")?.parse().ok()?,
+            seq: field("seq")?.parse().ok()?,
+        })
+    }
 }
 
 /// Reads back what the kernel wrote into the headers set up at this boot
@@ -682,6 +734,26 @@ mod tests {
 
     fn rec(attached: Option<u128>, stale: bool, layout: Layout) -> Record {
         Record { layout: Some(layout), attached: attached.map(Uuid::from_u128), stale, ..Record::default() }
+    }
+
+    #[test]
+    fn raw_state_is_read_field_by_field() {
+        let line = "uuid=00000000-0000-0000-0000-000000000001 set_uuid=00000000-0000-0000-0000-000000000009 \
+                    state=dirty cache_mode=writeback label=a%20b seq=3 uevent_errors=0\n";
+        let k = KernelView::parse(line).unwrap();
+        assert_eq!(
+            k,
+            KernelView {
+                uuid: Uuid::from_u128(1),
+                set: Some(Uuid::from_u128(9)),
+                state: BdevState::Dirty,
+                mode: CacheMode::Writeback,
+                seq: 3
+            }
+        );
+        let detached = line.replace("00000000-0000-0000-0000-000000000009", &Uuid::nil().to_string());
+        assert_eq!(KernelView::parse(&detached).unwrap().set, None);
+        assert!(KernelView::parse("uuid=x seq=1").is_none());
     }
 
     #[test]

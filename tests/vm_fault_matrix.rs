@@ -55,6 +55,12 @@ enum Transition {
     /// `bcache tab wait`: a writethrough device with timeout=1 runs
     /// without its set (in boot 2, where the set is missing).
     TimeoutRun,
+    /// `bcache run --force` of a dirty device whose set is missing (in
+    /// boot 2): its dirty data is given up, and must never be served.
+    ForcedRun,
+    /// The set returns (`bcache register` of the cache, as udev runs it)
+    /// while the dirty device waits for it, in a boot between 1 and 2.
+    SetReturns,
 }
 
 /// Files of the file system before adoption.
@@ -163,11 +169,18 @@ fn boot1(t: Transition, f: Fault) -> String {
             format!("check adopt {}\n        wait_for /dev/bcache0\n        check write_b0 write_new b0", adopt("-o timeout=1")),
             "true".to_owned(),
         ),
+        Transition::ForcedRun | Transition::SetReturns => (
+            format!("check adopt {}\n        wait_for /dev/bcache0\n        check write_b0 write_new b0", adopt("--writeback")),
+            "true".to_owned(),
+        ),
     };
     // One more file through the device if it is up after the step (after
     // a crash too: the kernel may have acted), except where the cut falls
     // before the kernel's own step.
-    let post = if (t, f) == (Transition::FirstDirty, Fault::CutBefore) { "" } else { "test -e /dev/bcache0 && write_new b1" };
+    let post = match (t, f) {
+        (Transition::FirstDirty, Fault::CutBefore) | (Transition::ForcedRun | Transition::SetReturns, _) => "",
+        _ => "test -e /dev/bcache0 && write_new b1",
+    };
     format!(
         r#"{RES}{LIB}
         check make_cache bcache make -C /dev/vdb
@@ -184,19 +197,21 @@ fn boot1(t: Transition, f: Fault) -> String {
 
 /// Boot 2's script (no cache): for the timeout run, its step with the fault.
 fn boot2(t: Transition, f: Fault) -> String {
-    let wait = if t == Transition::TimeoutRun {
+    let runs = matches!(t, Transition::TimeoutRun | Transition::ForcedRun);
+    let wait = if runs {
         let (around, crash) = match f {
             Fault::CutBefore => ("record_events", "env BCACHE_FAULT=run:before-kernel:crash "),
             Fault::CutAfter => ("record_events", "env BCACHE_FAULT=run:after-kernel:crash "),
             Fault::VarReadOnly => ("record_events\n        var_read_only", ""),
             Fault::EventLost => ("", ""),
         };
-        format!("{around}\n        emit wait \"$(res {crash}bcache tab wait --all)\"")
+        let run = if t == Transition::ForcedRun { "bcache run --force $(backing)" } else { "bcache tab wait --all" };
+        format!("{around}\n        emit wait \"$(res {crash}{run})\"")
     } else {
         "emit wait \"$(res bcache tab wait --all)\"".to_owned()
     };
-    // The timeout run's cuts: the power goes right after the crash.
-    let after_cut = if t == Transition::TimeoutRun && matches!(f, Fault::CutBefore | Fault::CutAfter) {
+    // The run's cuts: the power goes right after the crash.
+    let after_cut = if runs && matches!(f, Fault::CutBefore | Fault::CutAfter) {
         format!("section list bcache tab list\n        {SAVE}\n        power_cut")
     } else {
         String::new()
@@ -218,6 +233,29 @@ fn boot2(t: Transition, f: Fault) -> String {
             emit ran_without_set no
         fi
         section list bcache tab list
+        {SAVE}
+        power_cut
+        "#
+    )
+}
+
+/// The boot between 1 and 2 where the set returns (SetReturns): the
+/// device waits, the cache is registered with the fault, one more file is
+/// written if the device is up, and the power is cut.
+fn set_returns(f: Fault) -> String {
+    let (around, crash) = match f {
+        Fault::CutBefore => ("record_events", "env BCACHE_FAULT=caches:before-kernel:crash "),
+        Fault::CutAfter => ("record_events", "env BCACHE_FAULT=caches:after-kernel:crash "),
+        Fault::VarReadOnly => ("record_events\n        var_read_only", ""),
+        Fault::EventLost => ("", ""),
+    };
+    format!(
+        r#"{RES}{LIB}
+        emit apply "$(res bcache tab apply --all)"
+        {around}
+        emit step "$(res {crash}bcache register /dev/vdb)"
+        test -e /dev/bcache0 && write_new b1
+        at_cut
         {SAVE}
         power_cut
         "#
@@ -292,18 +330,49 @@ fn cell(t: Transition, f: Fault, layout: Layout) {
         assert_eq!(std::fs::read(&fs).unwrap(), fs_before, "the raw disk changed before the kernel was told");
     }
 
+    let (out1, dirty_at_cut) = if t == Transition::SetReturns {
+        let mut vm = guest(layout);
+        vm.disk(&fs).disk(&cache);
+        carry(&mut vm, &out1, &wrote);
+        let out = vm.run(&set_returns(f));
+        out.assert_ok();
+        if matches!(f, Fault::CutBefore | Fault::CutAfter) {
+            let step = out.expect_value("step");
+            assert!(step.contains("fault injected: crash at"), "the fault was not injected: {step}");
+        }
+        wrote.extend(words(out.value("wrote")));
+        let dirty = dirty_at_cut || out.value("kernel_state") == Some("dirty");
+        (out, dirty)
+    } else {
+        (out1, dirty_at_cut)
+    };
+
     let mut vm2 = guest(layout);
     vm2.disk(&fs).disk(&blank);
-    carry(&mut vm2, &out1, &wrote);
+    // A forced run gives up what was dirty (b0): a device that runs must
+    // not be asked for it.
+    let expected: Vec<String> = wrote.iter().filter(|w| t != Transition::ForcedRun || *w != "b0").cloned().collect();
+    carry(&mut vm2, &out1, &expected);
     let out2 = vm2.run(&boot2(t, f));
     out2.assert_ok();
-    if t == Transition::TimeoutRun && matches!(f, Fault::CutBefore | Fault::CutAfter) {
+    let runs = matches!(t, Transition::TimeoutRun | Transition::ForcedRun);
+    if runs && matches!(f, Fault::CutBefore | Fault::CutAfter) {
         let wait = out2.expect_value("wait");
         assert!(wait.contains("fault injected: crash at"), "the fault was not injected: {wait}");
     }
+    if t == Transition::ForcedRun {
+        if f == Fault::VarReadOnly {
+            let wait = out2.expect_value("wait");
+            assert!(wait.contains("nothing was changed") && !wait.ends_with("status=0"), "{wait}");
+        } else {
+            // Given up by the operator, from the stale mark on (written
+            // before the kernel is told): b0 was dirty in the set.
+            wrote.retain(|w| w != "b0");
+        }
+    }
     let ran = out2.value("ran_without_set") == Some("yes");
     assert!(
-        !(ran && dirty_at_cut),
+        !(ran && dirty_at_cut && t != Transition::ForcedRun),
         "a device whose set held dirty data ran without it (state at the cut {:?}):\n{}",
         out1.value("kernel_state"),
         out2.section("list")
@@ -363,4 +432,20 @@ cells! {
     timeout_run_event_lost_header: TimeoutRun EventLost Header;
     timeout_run_var_read_only_raw: TimeoutRun VarReadOnly Raw;
     timeout_run_var_read_only_header: TimeoutRun VarReadOnly Header;
+    forced_run_cut_before_kernel_raw: ForcedRun CutBefore Raw;
+    forced_run_cut_before_kernel_header: ForcedRun CutBefore Header;
+    forced_run_cut_after_kernel_raw: ForcedRun CutAfter Raw;
+    forced_run_cut_after_kernel_header: ForcedRun CutAfter Header;
+    forced_run_event_lost_raw: ForcedRun EventLost Raw;
+    forced_run_event_lost_header: ForcedRun EventLost Header;
+    forced_run_var_read_only_raw: ForcedRun VarReadOnly Raw;
+    forced_run_var_read_only_header: ForcedRun VarReadOnly Header;
+    set_returns_cut_before_kernel_raw: SetReturns CutBefore Raw;
+    set_returns_cut_before_kernel_header: SetReturns CutBefore Header;
+    set_returns_cut_after_kernel_raw: SetReturns CutAfter Raw;
+    set_returns_cut_after_kernel_header: SetReturns CutAfter Header;
+    set_returns_event_lost_raw: SetReturns EventLost Raw;
+    set_returns_event_lost_header: SetReturns EventLost Header;
+    set_returns_var_read_only_raw: SetReturns VarReadOnly Raw;
+    set_returns_var_read_only_header: SetReturns VarReadOnly Header;
 }

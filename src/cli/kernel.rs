@@ -141,12 +141,14 @@ pub fn register(args: &RegisterArgs) -> anyhow::Result<Outcome> {
     }
     let mut failed = false;
     let log = sysfs.kernel_log();
+    bcache::fault::point("caches:before-kernel")?;
     for dev in &args.devices {
         if let Err(e) = register_one(&sysfs, dev, args.quiet) {
             eprintln!("bcache register: {e:#}");
             failed = true;
         }
     }
+    bcache::fault::point("caches:after-kernel")?;
     // A cache set that came up attached the bcachetab devices waiting for
     // it: the state file must know before anything can mark them stale.
     if let Err(e) = bcache::apply::after_caches_registered(log) {
@@ -300,16 +302,6 @@ pub fn run(args: &RunArgs) -> anyhow::Result<Outcome> {
             BdevState::Stale.name()
         );
     }
-    if !attached && (state == "dirty" || state == "clean") {
-        // The kernel marks it stale as it runs; a bcachetab device's state
-        // file must know first, or the next boot would serve the set's old
-        // data.
-        let env = Env::default();
-        let uuid = sysfs.read(&dir.join("backing_dev_uuid")).ok().and_then(|u| u.parse().ok());
-        if let Some(uuid) = uuid.filter(|u| bcache::apply::is_tab_device(&env, u).unwrap_or(true)) {
-            bcache::apply::mark_stale(&env, &uuid)?;
-        }
-    }
-    sysfs.write(&name, &dir.join("running"), "1")?;
+    bcache::apply::run_without_set(&Env::default(), &name, &dir, !attached && (state == "dirty" || state == "clean"))?;
     Ok(Outcome::Ok)
 }
