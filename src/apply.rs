@@ -144,12 +144,16 @@ pub fn registration(
         }
     }
     // A device attached to a set keeps it until a detach is recorded,
-    // whatever bcachetab says: that set may hold its dirty data.
+    // whatever bcachetab says: that set may hold its dirty data. A detach
+    // not seen to finish is not finished by a later boot: the set's journal
+    // may have lost the end of one that did (FAULT-MATRIX.md), and only the
+    // operator knows whether the disk was written since.
     if let Some(a) = attached.filter(|_| !stale) {
         if entry.cset != Some(a) {
             return Err(ApplyError::OtherSet { attached: a, named: entry.cset });
         }
     }
+    let set_uuid = entry.cset;
     let mode = entry.options.mode;
     // The mode it last ran in, or the state the kernel last reported, may
     // have left dirty data in the set whatever bcachetab says now.
@@ -157,7 +161,7 @@ pub fn registration(
         || record.is_some_and(|r| r.mode == Some(CacheMode::Writeback) || r.state == Some(BdevState::Dirty));
     // Proved new to every set by an up-to-date record.
     let never_attached = !is_copy && record.is_some() && attached.is_none();
-    let state = match entry.cset {
+    let state = match set_uuid {
         None => BdevState::None,
         Some(_) if stale && is_copy && may_be_dirty => return Err(ApplyError::StaleCopy),
         Some(_) if stale => BdevState::Stale,
@@ -172,7 +176,7 @@ pub fn registration(
         Layout::Raw => entry.options.data_offset.unwrap_or(0),
         Layout::Header => header::HEADER_SECTORS,
     };
-    Ok(Registration { layout, set_uuid: entry.cset, state, mode, data_offset })
+    Ok(Registration { layout, set_uuid, state, mode, data_offset })
 }
 
 /// A device's live status.
@@ -360,6 +364,23 @@ pub fn after_caches_registered(log: Option<crate::sysfs::KernelLog>) -> Result<(
         record_attachment(&env, &e.uuid, &dir)?;
     }
     Ok(())
+}
+
+/// `bcache detach` of a registered backing device (sysfs directory `dir`)
+/// from its set; then a bcachetab device's line names no set. Its record
+/// keeps the set until the kernel reports the detach done: until then the
+/// device is not registered without it. True for a bcachetab device.
+pub fn detach(env: &Env, name: &str, dir: &Path) -> Result<bool, ApplyError> {
+    let uuid = env.sysfs.read(&dir.join("backing_dev_uuid")).ok().and_then(|u| u.parse::<Uuid>().ok());
+    fault(dir, "detach:before-kernel")?;
+    // The kernel writes back dirty data before it lets go; the attribute
+    // returns at once.
+    env.sysfs.write(name, &dir.join("detach"), "1")?;
+    fault(dir, "detach:after-kernel")?;
+    match uuid {
+        Some(u) if is_tab_device(env, &u)? => Ok(crate::bcachetab::set_cset(&env.tab, &u, None)?),
+        _ => Ok(false),
+    }
 }
 
 /// Tells the kernel about `dev` (the device of `entry`, at `path`) as `reg`

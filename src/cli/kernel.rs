@@ -255,20 +255,6 @@ pub fn attach(args: &AttachArgs) -> anyhow::Result<Outcome> {
     Ok(Outcome::Ok)
 }
 
-/// A bcachetab device detached by hand: its line names no set, so the next
-/// boot does the same; the state file learns of the detach when the kernel
-/// has written back and let go.
-fn follow_detach_in_bcachetab(sysfs: &Sysfs, dir: &Path) -> anyhow::Result<()> {
-    let Some(uuid) = sysfs.read(&dir.join("backing_dev_uuid")).ok().and_then(|u| u.parse::<Uuid>().ok()) else {
-        return Ok(());
-    };
-    let env = Env::default();
-    if bcache::bcachetab::set_cset(&env.tab, &uuid, None)? {
-        eprintln!("bcache: {}: cache set of {uuid} now none", env.tab.display());
-    }
-    Ok(())
-}
-
 pub fn detach(args: &DevArgs) -> anyhow::Result<Outcome> {
     let sysfs = Sysfs::default();
     let dir = backing_dir(&sysfs, &args.device)?;
@@ -276,10 +262,10 @@ pub fn detach(args: &DevArgs) -> anyhow::Result<Outcome> {
     if !dir.join("cache").exists() {
         bail!("{name}: not attached to a cache set");
     }
-    // The kernel writes back dirty data before it lets go; the attribute
-    // returns at once.
-    sysfs.write(&name, &dir.join("detach"), "1")?;
-    follow_detach_in_bcachetab(&sysfs, &dir)?;
+    let env = Env::default();
+    if bcache::apply::detach(&env, &name, &dir)? {
+        eprintln!("bcache: {}: cache set of {name} now none", env.tab.display());
+    }
     Ok(Outcome::Ok)
 }
 
