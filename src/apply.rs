@@ -168,8 +168,9 @@ pub fn registration(
         Some(_) if never_attached => BdevState::None,
         Some(_) if may_be_dirty => BdevState::Dirty,
         // Holds no dirty data: waits for its set to keep the cache warm
-        // (or its timeout), or, unproved, drops what the set may hold.
-        Some(_) if attached.is_some() => BdevState::Clean,
+        // (or its timeout), or, unproved (a copy may predate a stale mark),
+        // drops what the set may hold.
+        Some(_) if attached.is_some() && !is_copy => BdevState::Clean,
         Some(_) => BdevState::Stale,
     };
     let data_offset = match layout {
@@ -231,8 +232,11 @@ fn registered_as(env: &Env, entry: &Entry, dev: &Device) -> Option<(PathBuf, u64
     // The device itself first: one stat in sysfs, where the header's
     // lookup opens device-mapper's control device and asks it.
     if let Some(rdev) = dev.rdev() {
-        if matches!(env.sysfs.registered(rdev), Some(Registered::Backing(_))) {
-            return Some((dev.path().to_owned(), rdev));
+        if let Some(Registered::Backing(dir)) = env.sysfs.registered(rdev) {
+            // The line's own registration, not another line's device found
+            // at this path after a rename.
+            let uuid = env.sysfs.read(&dir.join("backing_dev_uuid")).ok().and_then(|u| u.parse::<Uuid>().ok());
+            return (uuid == Some(entry.uuid)).then(|| (dev.path().to_owned(), rdev));
         }
     }
     // A header's dm device stays when its bcache device stops.
@@ -262,13 +266,22 @@ pub fn bring_up(env: &Env, entry: &Entry, path: &Path) -> Result<Status, ApplyEr
         identity::verify(env, entry, path, st.get(&entry.uuid))?;
         let has_raw = env.sysfs.bcache_dir()?.join("register_raw").exists();
         let reg = registration(entry, st.get(&entry.uuid), st.is_copy, has_raw)?;
-        let attaching = reg.set_uuid.filter(|s| env.sysfs.set_dir(s).is_ok());
+        // The set named may attach it now or whenever it comes, with no
+        // step of ours in between: it is recorded first, pending.
         env.store().update(entry.uuid, "the registration", |r| {
             r.layout = Some(reg.layout);
-            r.mode = Some(reg.mode);
-            if let Some(set) = attaching.filter(|_| r.attached.is_none()) {
+            // Writeback stays recorded while a set may hold its dirty data.
+            if !(r.mode == Some(CacheMode::Writeback) && r.attached.is_some()) {
+                r.mode = Some(reg.mode);
+            }
+            if let Some(set) = reg.set_uuid.filter(|_| r.attached.is_none()) {
                 r.attached = Some(set);
                 r.pending = true;
+            }
+            // It runs at once, without its set: the set's copy is dropped at
+            // the next attach, whichever boot that is.
+            if reg.state == BdevState::Stale {
+                r.stale = true;
             }
         })?;
         fault(path, "register:before-kernel")?;
@@ -277,7 +290,7 @@ pub fn bring_up(env: &Env, entry: &Entry, path: &Path) -> Result<Status, ApplyEr
         let (node, mut dir) = register(env, entry, &reg, dev, path)?;
         let since = since_file(env, &entry.uuid);
         fs::create_dir_all(env.run_dir.join("since"))
-            .and_then(|_| fs::write(&since, b""))
+            .and_then(|_| state::touch(&since))
             .map_err(|e| ApplyError::Io(since.clone(), e))?;
         fault(path, "register:after-kernel")?;
         let no_slot = log.map(|l| l.no_slot_devices()).unwrap_or_default();
@@ -354,16 +367,24 @@ pub fn after_caches_registered(log: Option<crate::sysfs::KernelLog>) -> Result<(
     let st = State::load(&env.state)?;
     let has_raw = env.sysfs.bcache_dir()?.join("register_raw").exists();
     let resolver = Resolver::default();
+    let mut first_error = None;
     for e in tab.entries.iter().filter(|e| st.get(&e.uuid).is_some_and(|r| r.attached.is_some())) {
         let Some(path) = resolver.resolve(&e.device) else { continue };
-        let _lock = device_lock(&env, &e.uuid)?;
-        let Some((node, rdev)) = registered_as(&env, e, &Device::open(&path, Access::Read)?) else { continue };
-        let dir = env.sysfs.backing_dir(&path.to_string_lossy(), rdev)?;
-        let reg = registration(e, st.get(&e.uuid), st.is_copy, has_raw)?;
-        let dir = settle_unconfirmed(&env, e, &reg, st.get(&e.uuid), &path, (&node, dir), &no_slot)?;
-        record_attachment(&env, &e.uuid, &dir)?;
+        // One device's failure leaves the others to be settled.
+        let settled = (|| {
+            let _lock = device_lock(&env, &e.uuid)?;
+            let Some((node, rdev)) = registered_as(&env, e, &Device::open(&path, Access::Read)?) else { return Ok(()) };
+            let dir = env.sysfs.backing_dir(&path.to_string_lossy(), rdev)?;
+            let reg = registration(e, st.get(&e.uuid), st.is_copy, has_raw)?;
+            let dir = settle_unconfirmed(&env, e, &reg, st.get(&e.uuid), &path, (&node, dir), &no_slot)?;
+            record_attachment(&env, &e.uuid, &dir)
+        })();
+        if let Err(err) = settled {
+            eprintln!("bcache: {}:{}: {err}", env.tab.display(), e.line);
+            first_error.get_or_insert(err);
+        }
     }
-    Ok(())
+    first_error.map_or(Ok(()), Err)
 }
 
 /// `bcache detach` of a registered backing device (sysfs directory `dir`)
@@ -497,8 +518,16 @@ pub fn attach(env: &Env, name: &str, dir: &Path, set: Uuid) -> Result<bool, Appl
         return Ok(false);
     };
     let old_set = Tab::load(&env.tab).map_err(|e| ApplyError::Io(env.tab.clone(), e))?.by_uuid(&uuid).and_then(|e| e.cset);
-    let before = before_attach(env, &uuid, set)?;
+    // bcachetab first: a cut before the record leaves a set named and none
+    // recorded, which the next registration records ahead and attaches.
     crate::bcachetab::set_cset(&env.tab, &uuid, Some(set))?;
+    let before = match before_attach(env, &uuid, set) {
+        Ok(before) => before,
+        Err(e) => {
+            crate::bcachetab::set_cset(&env.tab, &uuid, old_set)?;
+            return Err(e);
+        }
+    };
     fault(dir, "attach:before-kernel")?;
     if let Err(e) = env.sysfs.write(name, &dir.join("attach"), &set.hyphenated().to_string()) {
         crate::bcachetab::set_cset(&env.tab, &uuid, old_set)?;
@@ -660,7 +689,9 @@ fn note(r: &mut Record, set: Option<Uuid>, st: Option<BdevState>, mode: Option<C
     if st.is_some() && written_by_kernel {
         r.state = st;
     }
-    if mode.is_some() {
+    // A header's mode may be the one registered: it only ever raises the
+    // record to writeback (a mode changed by hand in sysfs).
+    if mode.is_some() && (written_by_kernel || mode == Some(CacheMode::Writeback)) {
         r.mode = mode;
     }
 }

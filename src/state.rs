@@ -319,6 +319,12 @@ pub fn write_atomically(path: &Path, contents: &[u8]) -> io::Result<()> {
     result
 }
 
+/// Creates `path` empty, or empties it, never through a symlink: its
+/// modification time is the mark.
+pub fn touch(path: &Path) -> io::Result<()> {
+    fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).custom_flags(NO_FOLLOW).open(path).map(drop)
+}
+
 /// A new file `.NAME.PID.N` in `dir`, created exclusively.
 fn create_temp(dir: &Path, name: &str, mode: u32) -> io::Result<(PathBuf, fs::File)> {
     let mut n = 0u32;
@@ -449,6 +455,10 @@ pub fn merge_journal(store: &Store) -> Result<bool, StateError> {
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(false),
         Err(e) => return Err(StateError::Io(store.journal.to_owned(), e)),
     };
+    // A missing file may be a /var not mounted yet: the journal waits.
+    if !store.path.exists() {
+        return Ok(false);
+    }
     let _lock = Lock::take(store.path)?;
     let mut state = State::load(store.path)?;
     if state.is_copy {

@@ -442,7 +442,12 @@ impl KmsgTail {
                 break;
             }
             let rec = String::from_utf8_lossy(&buf[..n]);
-            let msg = rec.split_once(';').map_or(&*rec, |(_, m)| m);
+            // "PRIO,SEQ,TIME,FLAGS;MESSAGE": only the kernel's own (facility
+            // 0, PRIO < 8), not what a program wrote to /dev/kmsg.
+            let Some((head, msg)) = rec.split_once(';') else { continue };
+            if head.split(',').next().and_then(|p| p.parse::<u32>().ok()).is_none_or(|p| p >= 8) {
+                continue;
+            }
             out.push(msg.lines().next().unwrap_or("").to_owned());
         }
         out
@@ -473,7 +478,8 @@ impl Sysfs {
 /// The device of a "bcache: bch_cached_dev_attach() Couldn't find uuid for
 /// DEV in set" message.
 fn no_slot_device(msg: &str) -> Option<&str> {
-    msg.split_once("Couldn't find uuid for ")?.1.strip_suffix(" in set").map(str::trim)
+    let dev = msg.strip_prefix("bcache: bch_cached_dev_attach() Couldn't find uuid for ")?.strip_suffix(" in set")?;
+    (!dev.is_empty() && !dev.contains(char::is_whitespace)).then_some(dev)
 }
 
 /// The reason of a "bcache: register_bcache() error DEV: REASON" message.
