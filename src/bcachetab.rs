@@ -125,10 +125,15 @@ pub fn unescape(text: &str) -> Cow<'_, str> {
     Cow::Owned(String::from_utf8(bytes).unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned()))
 }
 
-/// Whether an escaped label names the label `raw`, without allocating
-/// (every line of the one-device lookup is compared).
+/// Whether an escaped label names the label `raw`: as [`unescape`] reads
+/// it (escapes that are not UTF-8 read as U+FFFD, as the parse keeps
+/// them), allocating only for a label with escapes (every line of the
+/// one-device lookup is compared).
 fn names_label(escaped: &str, raw: &str) -> bool {
-    unescaped(escaped).eq(raw.bytes())
+    if !escaped.contains("\\x") {
+        return escaped == raw;
+    }
+    unescape(escaped) == raw
 }
 
 /// A device field as written, borrowed from the text: what a

@@ -40,7 +40,10 @@ fuzz_target!(|data: &[u8]| {
     }
     if let Ok(state) = State::parse(&text, Path::new("fuzz")) {
         let again = State::parse(&state.to_string(), Path::new("again")).expect("a saved state parses");
-        assert_eq!(again, state);
+        // Records of one device met twice are saved merged: the conflict is
+        // reported once, by the parse that met it.
+        assert!(again.conflicts.is_empty(), "{:?}", again.conflicts);
+        assert_eq!((&again.records, again.is_copy), (&state.records, state.is_copy));
         for e in &tab.entries {
             for has_raw in [false, true] {
                 let _ = registration(e, state.get(&e.uuid), state.is_copy, has_raw);
