@@ -9,15 +9,24 @@
 # /usr/sbin/bcache (+ bcachetab-apply), the rules, /etc/bcachetab, the state
 # file as a copy whose first line is state::COPY_HEADER (the tool reads it
 # conservatively: the system may have changed since; rebuild the initramfs
-# after `bcache run --force`, adopt, attach, detach), the modules bcache,
-# dm_mod and loop as modprobe resolves them (a patched bcache.ko in updates/
-# is the one taken), device-mapper's rules and dmsetup for the header layout.
+# after `bcache run --force`, adopt, attach, detach, tab identify), the
+# modules bcache, dm_mod and loop as modprobe resolves them (a patched
+# bcache.ko in updates/ is the one taken), device-mapper's rules and dmsetup
+# for the header layout.
 # timeout= devices: under systemd in the initramfs the rule starts
 # bcachetab-wait@.service; without systemd, bcache-wait.sh in the initqueue
 # runs `bcache tab wait --all` (bounded by the longest timeout; writeback
 # devices wait for their set). When the root does not come, bcache-timeout.sh
 # prints `bcache tab list` (which device waits for what). bcache-root.sh
 # (pre-mount) refuses to mount a bcachetab line's raw device as the root.
+#
+# What the tool records here (a stale mark, an attach, a grown size, the
+# kernel's state changes) goes to the copy and to /run/bcache/state.journal.
+# switch_root (util-linux's, from dracut's shell init) moves /run into the
+# new root, so the journal survives, and bcachetab-reconcile.service merges it
+# into the system's /var/lib/bcache/state; the copy in the image is not
+# changed by that. A copy registers every device with a set but a writeback
+# one stale: it may predate a stale mark.
 #
 # Not named "bcache": dracut ships a 90bcache of its own (formatted devices,
 # through /usr/lib/udev/probe-bcache and bcache-register, which the README
