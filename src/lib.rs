@@ -1,22 +1,21 @@
 //! bcache: the on-disk format of Linux's bcache, the devices that carry it
 //! and the kernel's sysfs interface to it.
 //!
-//! The `bcache` binary is a thin layer over this library.
+//! The data path: the `bcache` binary (a thin layer, `src/cli`) →
+//! [`tab`] (bcachetab devices: file, records, rules, activation) and
+//! [`make`] / [`show`] (formatted devices) → [`layout`] (raw or header) and
+//! [`superblock`] / [`device`] → [`sysfs`] (the kernel).
 
-pub mod adopt;
-pub mod apply;
-pub mod bcachetab;
 pub mod device;
 pub mod fault;
-pub mod header;
-pub mod identity;
+pub mod files;
+pub mod layout;
 pub mod make;
-pub mod raw;
 pub mod show;
-pub mod state;
 pub mod superblock;
-pub mod units;
 pub mod sysfs;
+pub mod tab;
+pub mod units;
 
 /// The system's text for an I/O error ("No such file or directory"),
 /// without Rust's "(os error N)" suffix: what C tools print.

@@ -261,7 +261,7 @@ fn committed_man_pages_are_current() {
 fn bcachetab_page_names_every_option() {
     let page = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("man/bcachetab.5")).unwrap();
     let page = page.replace("\\-", "-");
-    for name in bcache::bcachetab::option_names() {
+    for name in bcache::tab::file::option_names() {
         assert!(page.contains(name), "man/bcachetab.5 does not mention {name}");
     }
 }

@@ -297,7 +297,7 @@ fn build_initramfs(scratch: &Scratch, root: &Path, cache: &Path, patched: bool, 
     }
     let copy = out.section("state_copy");
     let mut lines = copy.lines();
-    assert_eq!(lines.next(), Some(bcache::state::COPY_HEADER), "{copy}");
+    assert_eq!(lines.next(), Some(bcache::tab::records::COPY_HEADER), "{copy}");
     let line: Vec<String> = out.section("tab").lines().find(|l| l.split_whitespace().next() == Some("root")).map(|l| l.split_whitespace().map(str::to_owned).collect()).unwrap_or_default();
     assert!(line.len() >= 4, "no root line with a cache set in bcachetab: {}", out.section("tab"));
     let (uuid, cset) = (line[2].clone(), line[3].clone());
@@ -511,11 +511,11 @@ fn patched_module_root_on_adopted_device_boots_through_dracut() {
 }
 
 /// The hook and the dracut module write the state copy's first line exactly as
-/// the tool recognises it (state::COPY_HEADER).
+/// the tool recognises it (records::COPY_HEADER).
 #[test]
 fn initramfs_integrations_write_the_copy_header() {
     for f in ["initramfs/initramfs-tools-hook", "initramfs/dracut/90bcachetab/module-setup.sh"] {
         let text = std::fs::read_to_string(repo(f)).unwrap();
-        assert!(text.contains(&format!("\"{}\"", bcache::state::COPY_HEADER)), "{f} does not write state::COPY_HEADER");
+        assert!(text.contains(&format!("\"{}\"", bcache::tab::records::COPY_HEADER)), "{f} does not write records::COPY_HEADER");
     }
 }

@@ -8,7 +8,7 @@
 //! with `systemctl enable`.
 //!
 //! Inside the initramfs the state file is a copy (its first line is
-//! state::COPY_HEADER); every change recorded there also goes to
+//! records::COPY_HEADER); every change recorded there also goes to
 //! /run/bcache/state.journal, which switch_root carries over with /run;
 //! bcachetab-reconcile.service merges it into the root's
 //! /var/lib/bcache/state once / is writable.
@@ -503,7 +503,7 @@ fn initramfs_guest(
     let carry = CARRY.replace("__CARRIER__", &CARRIER_SIZE.to_string());
     let out = vm.run(&format!("{script}\n        emit bcache_ko \"$(modinfo -n bcache)\"\n{build}{carry}"));
     let copy = out.section("state_copy");
-    assert_eq!(copy.lines().next(), Some(bcache::state::COPY_HEADER), "the hook did not write the state as a copy:\n{copy}");
+    assert_eq!(copy.lines().next(), Some(bcache::tab::records::COPY_HEADER), "the hook did not write the state as a copy:\n{copy}");
     if patched {
         assert!(out.expect_value("bcache_ko").contains("/updates/"), "modprobe resolves the patched module: {}", out.expect_value("bcache_ko"));
     }
@@ -680,7 +680,7 @@ fn root_uuid(tab: &str) -> String {
 /// The record of `uuid` in a state file's text (the last line naming it:
 /// a journal may hold several).
 fn record(state: &str, uuid: &str) -> String {
-    state.lines().filter(|l| l.starts_with(uuid)).last().unwrap_or("").to_owned()
+    state.lines().filter(|l| l.starts_with(uuid)).next_back().unwrap_or("").to_owned()
 }
 
 /// `sha256sum` lines as (file, sum), sorted.
@@ -760,7 +760,7 @@ struct Stale {
 /// it and records the stale mark, and the root's state file takes it over;
 /// that boot writes new data on the root. (The initramfs registers the root
 /// stale from the start: its copy of the state file may predate a stale
-/// mark, src/apply.rs; before that rule, `bcache tab wait` ran it once the
+/// mark, src/tab/rules.rs; before that rule, `bcache tab wait` ran it once the
 /// timeout had passed, and wrote the same mark.)
 fn stale_boot(kind: (bool, Builder)) -> Stale {
     let patched = kind.0;
@@ -827,7 +827,7 @@ fn cache_back(s: &Stale, initrd: &Path) {
         let journal = journal_at_switch_root(&out3);
         eprintln!("  journal at switch_root: {}", journal.trim().replace('\n', " | "));
         // the last word on the mark: dropped by the attach
-        let last = journal.lines().filter(|l| l.starts_with(&s.uuid) && l.contains(" stale=")).last().unwrap_or("");
+        let last = journal.lines().filter(|l| l.starts_with(&s.uuid) && l.contains(" stale=")).next_back().unwrap_or("");
         assert!(last.contains("stale=0"), "the initramfs's journal does not record the attach (stale mark dropped) of {}:\n{journal}", s.uuid);
         assert_reconciled(&out3);
         let rec = record(&out3.section("state"), &s.uuid);
@@ -929,7 +929,7 @@ fn stock_kernel_attach_made_in_the_initramfs_reaches_the_root_state_file() {
 /// trusted, the root registered clean, the set attached with its old slot
 /// and served its copy of blocks written since ("EXT4-fs error ...
 /// checksum invalid", / remounted read-only). A copy now registers every
-/// device with a set but a writeback one stale (src/apply.rs).
+/// device with a set but a writeback one stale (src/tab/rules.rs).
 #[test]
 fn stock_kernel_next_boot_through_the_old_initramfs_never_serves_the_old_blocks() {
     let s = stale_boot((false, Builder::InitramfsTools));

@@ -11,9 +11,9 @@ use std::path::Path;
 
 use libfuzzer_sys::fuzz_target;
 
-use bcache::apply::registration;
-use bcache::bcachetab::{self, DeviceIds, DeviceSpec, Tab};
-use bcache::state::State;
+use bcache::tab::rules::registration;
+use bcache::tab::file::{self, DeviceIds, DeviceSpec, Tab};
+use bcache::tab::records::State;
 
 fuzz_target!(|data: &[u8]| {
     let text = String::from_utf8_lossy(data);
@@ -31,9 +31,9 @@ fuzz_target!(|data: &[u8]| {
             DeviceSpec::Path(p) => ids.devname = Some(p.to_string_lossy().into_owned()),
             DeviceSpec::Uuid(v) => ids.fs_uuid = Some(v.to_ascii_uppercase()),
             // A line holds labels escaped; a device's ids hold them as they are.
-            DeviceSpec::Label(v) => ids.fs_label = Some(bcachetab::unescape(v).into_owned()),
+            DeviceSpec::Label(v) => ids.fs_label = Some(file::unescape(v).into_owned()),
             DeviceSpec::PartUuid(v) => ids.part_uuid = Some(v.clone()),
-            DeviceSpec::PartLabel(v) => ids.part_name = Some(bcachetab::unescape(v).into_owned()),
+            DeviceSpec::PartLabel(v) => ids.part_name = Some(file::unescape(v).into_owned()),
         }
         let (found, _) = Tab::find_device(&text, Path::new("fuzz"), &ids);
         assert_eq!(found.as_ref(), tab.matching(&ids), "lookup of {}", e.device);

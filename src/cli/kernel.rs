@@ -6,9 +6,9 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context};
 use uuid::Uuid;
 
-use bcache::apply::{ApplyError, Env};
+use bcache::tab::{ApplyError, Env};
 use bcache::device::{Access, Device};
-use bcache::raw::RawBacking;
+use bcache::layout::Backing;
 use bcache::superblock::{BdevState, CacheMode, Role};
 use bcache::sysfs::{Registered, Sysfs};
 
@@ -151,7 +151,7 @@ pub fn register(args: &RegisterArgs) -> anyhow::Result<Outcome> {
     bcache::fault::point("caches:after-kernel")?;
     // A cache set that came up attached the bcachetab devices waiting for
     // it: the state file must know before anything can mark them stale.
-    if let Err(e) = bcache::apply::after_caches_registered(log) {
+    if let Err(e) = bcache::tab::activate::after_caches_registered(log) {
         eprintln!("bcache register: {e}");
         failed = true;
     }
@@ -173,7 +173,7 @@ fn register_raw(sysfs: &Sysfs, args: &RegisterArgs) -> anyhow::Result<Outcome> {
     let [dev] = args.devices.as_slice() else {
         bail!("--raw registers one device; {} were given", args.devices.len());
     };
-    let raw = RawBacking {
+    let raw = Backing {
         uuid: args.uuid.expect("clap requires --uuid with --raw"),
         set_uuid: args.cset,
         data_offset: args.data_offset,
@@ -243,7 +243,7 @@ pub fn attach(args: &AttachArgs) -> anyhow::Result<Outcome> {
         bail!("{name}: already attached to a cache set; detach it first");
     }
     let env = Env::default();
-    let followed = bcache::apply::attach(&env, &name, &dir, set).map_err(|e| match e {
+    let followed = bcache::tab::transition::attach(&env, &name, &dir, set).map_err(|e| match e {
         ApplyError::Sysfs(e) => anyhow::anyhow!(
             "{e} (the kernel log, dmesg, says why: e.g. block size below the set's, or dirty data of another set)"
         ),
@@ -263,7 +263,7 @@ pub fn detach(args: &DevArgs) -> anyhow::Result<Outcome> {
         bail!("{name}: not attached to a cache set");
     }
     let env = Env::default();
-    if bcache::apply::detach(&env, &name, &dir)? {
+    if bcache::tab::transition::detach(&env, &name, &dir)? {
         eprintln!("bcache: {}: cache set of {name} now none", env.tab.display());
     }
     Ok(Outcome::Ok)
@@ -288,6 +288,6 @@ pub fn run(args: &RunArgs) -> anyhow::Result<Outcome> {
             BdevState::Stale.name()
         );
     }
-    bcache::apply::run_without_set(&Env::default(), &name, &dir, !attached && (state == "dirty" || state == "clean"))?;
+    bcache::tab::transition::run_without_set(&Env::default(), &name, &dir, !attached && (state == "dirty" || state == "clean"))?;
     Ok(Outcome::Ok)
 }

@@ -6,11 +6,10 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context};
 use uuid::Uuid;
 
-use bcache::adopt;
-use bcache::apply::{self, Env, Status};
-use bcache::bcachetab::{self, DeviceIds, Entry, Tab};
-use bcache::identity;
-use bcache::state::{self, State};
+use bcache::tab::file::{self, DeviceIds, Entry, Tab};
+use bcache::tab::records::{self, State};
+use bcache::tab::status::Status;
+use bcache::tab::{activate, adopt, events, identify, identity, rules, status, transition, Env};
 use bcache::superblock::CacheMode;
 use bcache::sysfs::Sysfs;
 
@@ -20,10 +19,10 @@ use super::Outcome;
 #[derive(clap::Args, Debug, Clone)]
 pub struct Files {
     /// The bcachetab to use.
-    #[arg(long, value_name = "FILE", default_value = bcachetab::DEFAULT_PATH, global = true)]
+    #[arg(long, value_name = "FILE", default_value = file::DEFAULT_PATH, global = true)]
     tab: PathBuf,
     /// The state file (layouts, attach and stale marks) to use.
-    #[arg(long, value_name = "FILE", default_value = state::DEFAULT_PATH, global = true)]
+    #[arg(long, value_name = "FILE", default_value = records::DEFAULT_PATH, global = true)]
     state: PathBuf,
 }
 
@@ -268,7 +267,7 @@ pub fn tab(args: &TabArgs) -> anyhow::Result<Outcome> {
         TabCommand::Identify(a) => identify(a),
         TabCommand::Match(a) => udev_match(a),
         TabCommand::Record(a) => {
-            apply::record_uevent(&a.files.env(), &env_prop)?;
+            events::record_uevent(&a.files.env(), &env_prop)?;
             Ok(Outcome::Ok)
         }
     }
@@ -293,7 +292,7 @@ pub fn apply_cmd(args: &ApplyArgs) -> anyhow::Result<Outcome> {
         env.event = Some(DeviceIds::from_props(&env_prop));
     }
     // What the initramfs recorded decides how its devices come up here.
-    if let Err(e) = state::merge_journal(&env.store()) {
+    if let Err(e) = records::merge_journal(&env.store()) {
         eprintln!("bcache tab apply: {e}");
     }
     if let Some(outcome) = apply_one(&env, args)? {
@@ -341,7 +340,7 @@ pub fn apply_cmd(args: &ApplyArgs) -> anyhow::Result<Outcome> {
 /// None when no line names it by its ids: then the whole table decides,
 /// path lines through links outside /dev/disk included.
 fn apply_one(env: &Env, args: &ApplyArgs) -> anyhow::Result<Option<Outcome>> {
-    let read = || bcachetab::read_text(&env.tab).with_context(|| format!("{}: cannot read", env.tab.display()));
+    let read = || file::read_text(&env.tab).with_context(|| format!("{}: cannot read", env.tab.display()));
     let (dev, text, ids) = if let Some(ids) = &env.event {
         let dev = env_prop("DEVNAME").context("--udev: no DEVNAME in the environment")?;
         (PathBuf::from(dev), read()?, ids.clone())
@@ -374,7 +373,7 @@ fn bring_up(env: &Env, tab_path: &Path, todo: &[(&Entry, PathBuf)]) -> bool {
     let mut ok = true;
     for (e, path) in todo {
         let at = at_line(tab_path, e);
-        match apply::bring_up(env, e, path) {
+        match activate::bring_up(env, e, path) {
             Ok(st) => println!("{at}: {}: {st}", path.display()),
             Err(err) => {
                 eprintln!("bcache tab apply: {at}: {}: {err}", path.display());
@@ -416,20 +415,20 @@ fn wait(args: &WaitArgs) -> anyhow::Result<Outcome> {
     };
     // One thread per device: their timeouts run side by side.
     let results: Vec<_> = std::thread::scope(|s| {
-        let handles: Vec<_> = entries.iter().map(|e| s.spawn(|| apply::wait(&env, e))).collect();
+        let handles: Vec<_> = entries.iter().map(|e| s.spawn(|| transition::wait(&env, e))).collect();
         handles.into_iter().map(|h| h.join().expect("wait does not panic")).collect()
     });
     for (e, r) in entries.iter().zip(results) {
         match r {
-            Ok(apply::Waited::Up(st)) => println!("{}: {st}", at(&tab, e)),
-            Ok(apply::Waited::RanWithout { after }) => eprintln!(
+            Ok(transition::Waited::Up(st)) => println!("{}: {st}", at(&tab, e)),
+            Ok(transition::Waited::RanWithout { after }) => eprintln!(
                 "bcache tab wait: warning: {}: cache set {} did not come within {}s: running without it \
                  (marked stale: its old data there is dropped when it returns)",
                 at(&tab, e),
                 e.cset.map_or("-".into(), |c| c.to_string()),
                 after.as_secs()
             ),
-            Ok(apply::Waited::NoTimeout(st)) => println!("{}: {st}", at(&tab, e)),
+            Ok(transition::Waited::NoTimeout(st)) => println!("{}: {st}", at(&tab, e)),
             Err(err) => {
                 eprintln!("bcache tab wait: {}: {err}", at(&tab, e));
                 failed = true;
@@ -455,7 +454,7 @@ fn identify(args: &IdentifyArgs) -> anyhow::Result<Outcome> {
             failed = true;
             continue;
         };
-        match identity::record(&env, &tab, e, &dev, args.force) {
+        match identify::record(&env, &tab, e, &dev, args.force) {
             Ok(recorded) => println!("{}: {}: recorded {recorded}", at(&tab, e), dev.display()),
             Err(err) => {
                 eprintln!("bcache tab identify: {}: {err}", at(&tab, e));
@@ -470,7 +469,7 @@ fn reconcile(args: &ReconcileArgs) -> anyhow::Result<Outcome> {
     let env = args.files.env();
     let tab = load_tab(&env.tab)?;
     let failed = report_tab_errors(&tab);
-    if apply::reconcile(&env, &tab)? {
+    if events::reconcile(&env, &tab)? {
         eprintln!("bcache tab reconcile: {}: merged what the initramfs recorded", env.state.display());
     }
     Ok(if failed { Outcome::Exit(1) } else { Outcome::Ok })
@@ -498,7 +497,7 @@ fn check(args: &CheckArgs) -> anyhow::Result<Outcome> {
     let env = args.files.env();
     let tab = load_tab(&env.tab)?;
     let mut failed = report_tab_errors(&tab);
-    if let Err(e) = apply::reconcile(&env, &tab) {
+    if let Err(e) = events::reconcile(&env, &tab) {
         eprintln!("bcache tab: {e}");
         failed = true;
     }
@@ -517,13 +516,13 @@ fn check(args: &CheckArgs) -> anyhow::Result<Outcome> {
                 failed = true;
             }
             Some(dev) => {
-                if let Err(m) = identity::check_found(&resolver, e, st.get(&e.uuid), &dev) {
+                if let Err(m) = identity::check_found(&resolver, e, st.get(&e.uuid).map(|r| &r.identity), &dev) {
                     eprintln!("bcache tab: {}: identity: {m}", at(&tab, e));
                     failed = true;
                 }
             }
         }
-        if let Err(why) = apply::registration(e, st.get(&e.uuid), st.is_copy, has_raw) {
+        if let Err(why) = rules::registration(e, st.get(&e.uuid), st.is_copy, has_raw) {
             eprintln!("bcache tab: {}: {why}", at(&tab, e));
             failed = true;
         }
@@ -553,7 +552,7 @@ fn list(args: &ListArgs) -> anyhow::Result<Outcome> {
     report_tab_errors(&tab);
     // What the initramfs and the kernel recorded since the last look; a
     // reader without write access to the state file still gets the list.
-    let _ = apply::reconcile(&env, &tab);
+    let _ = events::reconcile(&env, &tab);
     let (st, _) = load_state(&env);
     let resolver = identity::Resolver::default();
     let mut rows: Vec<Row> = tab
@@ -567,7 +566,7 @@ fn list(args: &ListArgs) -> anyhow::Result<Outcome> {
             cset: e.cset,
             mode: e.options.mode.name(),
             layout: st.get(&e.uuid).and_then(|r| r.layout).map(|l| l.name()),
-            status: apply::status(&env, &resolver, e),
+            status: status::status(&env, &resolver, e),
             refused: None,
         })
         .collect();
@@ -577,10 +576,10 @@ fn list(args: &ListArgs) -> anyhow::Result<Outcome> {
     for (r, e) in rows.iter_mut().zip(&tab.entries) {
         if let Status::Down { device } = &r.status {
             let record = st.get(&e.uuid);
-            r.refused = identity::check_found(&resolver, e, record, Path::new(device))
+            r.refused = identity::check_found(&resolver, e, record.map(|r| &r.identity), Path::new(device))
                 .err()
                 .map(|m| m.to_string())
-                .or_else(|| apply::registration(e, record, st.is_copy, has_raw).err().map(|e| e.to_string()));
+                .or_else(|| rules::registration(e, record, st.is_copy, has_raw).err().map(|e| e.to_string()));
         }
     }
     let mut out = std::io::stdout().lock();

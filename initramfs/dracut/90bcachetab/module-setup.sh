@@ -7,7 +7,7 @@
 # formatted (69-bcache.rules registers it) or adopted through /etc/bcachetab
 # (bcachetab(5): 61-bcachetab.rules runs `bcache tab apply --udev`):
 # /usr/sbin/bcache (+ bcachetab-apply), the rules, /etc/bcachetab, the state
-# file as a copy whose first line is state::COPY_HEADER (the tool reads it
+# file as a copy whose first line is records::COPY_HEADER (the tool reads it
 # conservatively: the system may have changed since; rebuild the initramfs
 # after `bcache run --force`, adopt, attach, detach, tab identify), the
 # modules bcache, dm_mod and loop as modprobe resolves them (a patched
@@ -34,7 +34,7 @@
 
 BCACHETAB=/etc/bcachetab
 BCACHE_STATE=/var/lib/bcache/state
-# Must be state::COPY_HEADER (src/state.rs) to the byte.
+# Must be records::COPY_HEADER (src/tab/records.rs) to the byte.
 BCACHE_COPY_HEADER="# bcache state: a copy, possibly older than the system's"
 
 bcachetab_has_lines() {

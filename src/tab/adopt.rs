@@ -10,11 +10,13 @@ use std::path::{Path, PathBuf};
 
 use uuid::Uuid;
 
-use crate::apply::{self, ApplyError, Env, Status};
-use crate::bcachetab::{self, DeviceSpec, EditError, Entry, Options, Tab};
+use crate::tab::{activate, events};
+use crate::tab::env::{ApplyError, Env};
+use crate::tab::status::Status;
+use crate::tab::file::{self, DeviceSpec, EditError, Entry, Options, Tab};
 use crate::device::{Access, Device, DeviceError};
-use crate::identity::{self, Identity, Now, Resolver};
-use crate::state::{State, StateError};
+use crate::tab::identity::{self, Identity, Now, Resolver};
+use crate::tab::records::{State, StateError};
 use crate::superblock::{CacheMode, Role};
 use crate::sysfs::SysfsError;
 
@@ -137,7 +139,7 @@ fn stable_spec(real: &Path, resolver: &Resolver) -> DeviceSpec {
 pub fn declare(env: &Env, req: &Request) -> Result<Declared, AdoptError> {
     let shown = req.device.display().to_string();
     if let Some(n) = &req.name {
-        bcachetab::check_name(n).map_err(|m| AdoptError::Argument("--name", m))?;
+        file::check_name(n).map_err(|m| AdoptError::Argument("--name", m))?;
     }
     let options = line_options(req)?;
     let given = match &req.spec {
@@ -149,7 +151,7 @@ pub fn declare(env: &Env, req: &Request) -> Result<Declared, AdoptError> {
         .map_err(|error| DeviceError::Open { path: req.device.clone(), error })?;
     let resolver = Resolver::default();
 
-    let lock = bcachetab::Locked::take(&env.tab)?;
+    let lock = file::Locked::take(&env.tab)?;
     let tab = lock.tab()?;
     if let Some(e) = identity::entry_for_device(&tab, &real) {
         let next = format!(": bcache tab apply {shown} brings it up");
@@ -245,8 +247,8 @@ fn cache_set(env: &Env, cache: &Path, dev: &Device, options: &Options) -> Result
 /// Brings a declared device up, and reads back what the kernel wrote into
 /// its header.
 pub fn start(env: &Env, d: &Declared) -> Result<Status, ApplyError> {
-    let st = apply::bring_up(env, &d.entry, &d.device)?;
-    let _ = apply::sync_headers(env, &Tab { entries: vec![d.entry.clone()], ..Tab::default() });
+    let st = activate::bring_up(env, &d.entry, &d.device)?;
+    let _ = events::sync_headers(env, &Tab { entries: vec![d.entry.clone()], ..Tab::default() });
     Ok(st)
 }
 
@@ -258,7 +260,7 @@ fn recorded_as<'t>(tab: &'t Tab, state: &State, now: &Identity) -> Option<&'t En
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::identity::DiskId;
+    use crate::tab::identity::DiskId;
 
     #[test]
     fn options_are_checked_by_the_parser_with_the_set_known() {

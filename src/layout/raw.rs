@@ -6,30 +6,14 @@
 //! its reason even where the kernel log cannot be read.
 
 use std::fmt;
+use std::path::{Path, PathBuf};
 
 use uuid::Uuid;
 
 use crate::device::Device;
-use crate::superblock::{BdevState, CacheMode, Superblock, LABEL_LEN, PAGE_SECTORS};
-
-/// Everything register_raw takes.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RawBacking {
-    pub uuid: Uuid,
-    /// The cache set, or none for a device not attached.
-    pub set_uuid: Option<Uuid>,
-    /// Sectors before the data; 0 means the whole device is data.
-    pub data_offset: u64,
-    /// Bytes; the device's logical block size when not given.
-    pub block_size: Option<u32>,
-    pub cache_mode: CacheMode,
-    pub state: BdevState,
-    pub label: String,
-    /// The device's size in sectors as recorded when it was adopted: the
-    /// kernel refuses the device if it is smaller now (its cache keys the
-    /// data by sector). None: not checked.
-    pub size: Option<u64>,
-}
+use crate::layout::{Backing, LayoutError};
+use crate::sysfs::Sysfs;
+use crate::superblock::{BdevState, Superblock, LABEL_LEN, PAGE_SECTORS};
 
 /// The uuid bcache writes into the uuid-table slots it invalidates: a
 /// device registered under it would find one of them.
@@ -68,7 +52,7 @@ pub enum RawError {
     HasSuperblock(String),
 }
 
-impl RawBacking {
+impl Backing {
     /// Checks the registration against the device as the kernel will.
     ///
     /// Two of the kernel's refusals need what only it knows, the uuid
@@ -140,9 +124,18 @@ impl RawBacking {
     }
 }
 
+/// [`Layout::register`](crate::layout::Layout::register) for register_raw:
+/// checked as the kernel checks it, then one line.
+pub fn register(sysfs: &Sysfs, _run_dir: &Path, b: &Backing, dev: Device, path: &Path) -> Result<PathBuf, LayoutError> {
+    b.validate(&dev)?;
+    let shown = path.to_string_lossy();
+    sysfs.register_raw(&shown, &b.line(&shown))?;
+    Ok(path.to_owned())
+}
+
 struct RawLine<'a> {
     path: &'a str,
-    raw: &'a RawBacking,
+    raw: &'a Backing,
 }
 
 impl fmt::Display for RawLine<'_> {
@@ -171,10 +164,11 @@ impl fmt::Display for RawLine<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::superblock::CacheMode;
 
     #[test]
     fn the_line_names_every_field() {
-        let r = RawBacking {
+        let r = Backing {
             uuid: Uuid::from_u128(1),
             set_uuid: None,
             data_offset: 0,
@@ -189,12 +183,12 @@ mod tests {
             "/dev/sdb 00000000-0000-0000-0000-000000000001 none data_offset=0 block_size=4096 \
              cache_mode=writeback state=none label=disk7"
         );
-        let sized = RawBacking { size: Some(1 << 21), ..r };
+        let sized = Backing { size: Some(1 << 21), ..r };
         assert!(sized.line("/dev/sdb").ends_with(" label=disk7 size=2097152"), "{}", sized.line("/dev/sdb"));
     }
 
-    fn plain() -> RawBacking {
-        RawBacking {
+    fn plain() -> Backing {
+        Backing {
             uuid: Uuid::from_u128(7),
             set_uuid: None,
             data_offset: 0,
@@ -212,25 +206,25 @@ mod tests {
     #[test]
     fn a_huge_data_offset_is_refused_not_overflowed() {
         for offset in [1 << 55, (1 << 60) + 8, u64::MAX - 1] {
-            let r = RawBacking { data_offset: offset, ..plain() };
+            let r = Backing { data_offset: offset, ..plain() };
             assert_eq!(r.validate_geometry(512, u64::MAX), Err(RawError::OffsetTooLarge(offset)));
         }
         // Just below: fits, and is checked for alignment as before.
-        let r = RawBacking { data_offset: (1 << 55) - 1, ..plain() };
+        let r = Backing { data_offset: (1 << 55) - 1, ..plain() };
         assert!(matches!(r.validate_geometry(4096, u64::MAX), Err(RawError::OffsetUnaligned { .. })));
-        let r = RawBacking { data_offset: (1 << 55) - 8, ..plain() };
+        let r = Backing { data_offset: (1 << 55) - 8, ..plain() };
         assert_eq!(r.validate_geometry(4096, u64::MAX), Ok(()));
     }
 
     #[test]
     fn a_device_may_grow_but_not_shrink_below_its_recorded_size() {
-        let r = RawBacking { size: Some(1000), data_offset: 16, ..plain() };
+        let r = Backing { size: Some(1000), data_offset: 16, ..plain() };
         assert_eq!(r.validate_geometry(512, 999), Err(RawError::DeviceShrank { sectors: 999, size: 1000 }));
         assert_eq!(r.validate_geometry(512, 1000), Ok(()));
         assert_eq!(r.validate_geometry(512, 1 << 40), Ok(()));
-        assert_eq!(RawBacking { size: Some(0), ..plain() }.validate_geometry(512, 1000), Err(RawError::ZeroSize));
+        assert_eq!(Backing { size: Some(0), ..plain() }.validate_geometry(512, 1000), Err(RawError::ZeroSize));
         assert_eq!(
-            RawBacking { size: Some(16), data_offset: 16, ..plain() }.validate_geometry(512, 1000),
+            Backing { size: Some(16), data_offset: 16, ..plain() }.validate_geometry(512, 1000),
             Err(RawError::SizeNotAboveOffset { size: 16, offset: 16 })
         );
         // Not given: the device's size is not checked.
@@ -240,7 +234,7 @@ mod tests {
     #[test]
     fn the_uuid_of_invalidated_slots_is_refused() {
         assert_eq!(INVALIDATED_SLOT_UUID.hyphenated().to_string(), "a03ef8ed-3ee1-b878-c850-fc5ecb16cd99");
-        let r = RawBacking { uuid: INVALIDATED_SLOT_UUID, ..plain() };
+        let r = Backing { uuid: INVALIDATED_SLOT_UUID, ..plain() };
         assert_eq!(r.validate_geometry(512, 1000), Err(RawError::ReservedUuid(INVALIDATED_SLOT_UUID)));
     }
 }

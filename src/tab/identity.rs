@@ -16,10 +16,8 @@ use std::path::{Path, PathBuf};
 
 use rustc_hash::FxHashMap;
 
-use crate::apply::{ApplyError, Env};
-use crate::bcachetab::{self, DeviceIds, DeviceSpec, Entry, Tab};
+use crate::tab::file::{self, DeviceIds, DeviceSpec, Entry, Tab};
 use crate::device::{Access, Device};
-use crate::state::Record;
 
 /// Finds the devices lines name by looking at the system's block devices
 /// (when no udev event says which one it is). A UUID= or LABEL= line
@@ -45,7 +43,7 @@ impl Resolver {
             // does: compared unescaped, by the line's own rule.
             DeviceSpec::PartLabel(_) => fs::read_dir("/dev/disk/by-partlabel").ok()?.flatten().find_map(|e| {
                 let name = e.file_name().into_string().ok()?;
-                let ids = DeviceIds { part_name: Some(bcachetab::unescape(&name).into_owned()), ..DeviceIds::default() };
+                let ids = DeviceIds { part_name: Some(file::unescape(&name).into_owned()), ..DeviceIds::default() };
                 spec.matches(&ids).then(|| fs::canonicalize(e.path()).ok()).flatten()
             }),
             // /dev/disk/by-uuid names the bcache device once it is up (same
@@ -98,7 +96,7 @@ pub fn device_ids(dev: &Path, probe: bool) -> Option<(PathBuf, DeviceIds)> {
             let name = e.file_name().to_string_lossy().into_owned();
             match dir {
                 "by-partuuid" => ids.part_uuid = Some(name),
-                "by-partlabel" => ids.part_name = Some(bcachetab::unescape(&name).into_owned()),
+                "by-partlabel" => ids.part_name = Some(file::unescape(&name).into_owned()),
                 _ => {}
             }
             ids.links.push(e.path().to_string_lossy().into_owned());
@@ -261,7 +259,7 @@ impl Identity {
     /// The `key=value` pairs of the state file; an unset field's value is
     /// empty (what a journal line clears).
     pub fn assignments(&self) -> [(&'static str, String); 5] {
-        let text = |v: &Option<String>| v.as_deref().map_or(String::new(), |v| bcachetab::escape(v).into_owned());
+        let text = |v: &Option<String>| v.as_deref().map_or(String::new(), |v| file::escape(v).into_owned());
         [
             ("sectors", self.sectors.map_or(String::new(), |s| s.to_string())),
             ("disk", text(&self.disk.as_ref().map(|d| d.to_string()))),
@@ -276,7 +274,7 @@ impl Identity {
     /// Sets one of [`Identity::KEYS`] from the state file's text; an empty
     /// value clears it.
     pub(crate) fn assign(&mut self, k: &str, v: &str) -> Result<(), ()> {
-        let text = (!v.is_empty()).then(|| bcachetab::unescape(v).into_owned());
+        let text = (!v.is_empty()).then(|| file::unescape(v).into_owned());
         match k {
             "sectors" => self.sectors = text.map(|t| t.parse().map_err(|_| ())).transpose()?,
             "disk" => self.disk = text.map(|t| DiskId::parse(&t).ok_or(())).transpose()?,
@@ -322,7 +320,7 @@ impl fmt::Display for Identity {
 /// event's, else a probe (`content`: a [`Resolver`]'s, which probes a
 /// device once).
 pub struct Now<'a> {
-    dev: PathBuf,
+    pub(crate) dev: PathBuf,
     /// /sys/dev/block/MAJOR:MINOR, found from the device number, so that
     /// any node or link to the device finds it.
     sys: Option<PathBuf>,
@@ -486,59 +484,9 @@ fn same_text(a: &Option<String>, b: &Option<String>) -> bool {
 /// [`check`] of a line's device as a [`Resolver`] found it (`tab check`,
 /// `tab list`): its probes serve the comparison too. A line without a
 /// record, or a record without an identity, is accepted.
-pub fn check_found(resolver: &Resolver, entry: &Entry, record: Option<&Record>, dev: &Path) -> Result<Verdict, Mismatch> {
+pub fn check_found(resolver: &Resolver, entry: &Entry, recorded: Option<&Identity>, dev: &Path) -> Result<Verdict, Mismatch> {
     let content = |d: &Path| resolver.content_uuid(d);
-    let recorded = record.map(|r| r.identity.clone()).unwrap_or_default();
-    check(entry, &recorded, &Now::new(dev, None, &content))
-}
-
-/// Before the kernel is told of a device (at every registration): refuses
-/// a device that is not the one its record says was adopted, and records a
-/// grown size. The udev event's properties in `env`, when they are the
-/// device's, save a probe.
-pub fn verify(env: &Env, entry: &Entry, dev: &Path, record: Option<&Record>) -> Result<(), ApplyError> {
-    let Some(recorded) = record.map(|r| &r.identity).filter(|i| i.is_recorded()) else { return Ok(()) };
-    let now = Now::new(dev, env.event.as_ref(), &content_uuid);
-    if let Verdict::Grown(sectors) = check(entry, recorded, &now)? {
-        env.store().update(entry.uuid, "the device's new size", |r| r.identity.sectors = Some(sectors))?;
-    }
-    Ok(())
-}
-
-/// Why `bcache tab identify` did not record a device.
-#[derive(Debug, thiserror::Error)]
-pub enum IdentifyError {
-    #[error(
-        "{dev} is the device of {at} (its recorded identity: {identity}), not this line's: were disks renamed at \
-         this boot? (bcache tab list shows what each line finds)"
-    )]
-    OtherLine { dev: String, at: String, identity: String },
-    #[error(transparent)]
-    Mismatch(#[from] Mismatch),
-    #[error(transparent)]
-    State(#[from] crate::state::StateError),
-}
-
-/// Records the identity of a line's device as it is now (`bcache tab
-/// identify`). Never a device another line's record names; a device that
-/// is not its record's but for its size only with `force`: recording the
-/// wrong disk would let it be registered under this line's uuid.
-pub fn record(env: &Env, tab: &Tab, entry: &Entry, dev: &Path, force: bool) -> Result<Identity, IdentifyError> {
-    let now = Now::new(dev, None, &content_uuid);
-    let identity = now.identity();
-    let state = crate::state::State::load(&env.state)?;
-    let is_theirs = |e: &&Entry| e.uuid != entry.uuid && state.get(&e.uuid).is_some_and(|r| r.identity.same_device(&identity));
-    if let Some(e) = tab.entries.iter().find(is_theirs) {
-        let (dev, at) = (now.dev.display().to_string(), e.at(&tab.path));
-        return Err(IdentifyError::OtherLine { dev, at, identity: identity.to_string() });
-    }
-    let recorded = state.get(&entry.uuid).map(|r| r.identity.clone()).unwrap_or_default();
-    match check(entry, &recorded, &now) {
-        Err(m @ Mismatch::Other { .. }) if !force => return Err(m.into()),
-        _ => {}
-    }
-    env.store().update(entry.uuid, "the device's identity", |r| r.identity = identity.clone())?;
-    Ok(identity)
+    check(entry, recorded.unwrap_or(&Identity::default()), &Now::new(dev, None, &content))
 }
 
 /// A device two lines name (each by a name of its own: the parse already

@@ -10,7 +10,7 @@
 //! ```
 //!
 //! A copy inside an initramfs may be older than the truth; a copy says so
-//! in its first line, and the rules in [`crate::apply`] read it
+//! in its first line, and the rules in [`rules`](crate::tab::rules) read it
 //! conservatively. What is recorded while the state file is such a copy
 //! also goes to a journal under /run, which survives switch_root: each of
 //! its lines holds the keys one change set, and [`merge_journal`] applies
@@ -20,14 +20,15 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::fs;
 use std::io::{self, Write};
-use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 use uuid::Uuid;
 
-use crate::bcachetab::Layout;
-use crate::identity::Identity;
+use crate::files::{write_atomically, Lock, PathError, NO_FOLLOW};
+use crate::layout::Layout;
 use crate::os_error_text;
+use crate::tab::identity::Identity;
 use crate::superblock::{BdevState, CacheMode};
 
 pub const DEFAULT_PATH: &str = "/var/lib/bcache/state";
@@ -174,6 +175,12 @@ pub enum StateError {
     WriteAhead { path: PathBuf, what: String, error: io::Error },
 }
 
+impl From<PathError> for StateError {
+    fn from(PathError(path, e): PathError) -> StateError {
+        StateError::Io(path, e)
+    }
+}
+
 /// The state file's content.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct State {
@@ -277,94 +284,6 @@ impl fmt::Display for State {
     }
 }
 
-/// Flags for every file the tool creates: a planted symlink is never
-/// followed, and no descriptor leaks into the programs udev runs.
-const NO_FOLLOW: i32 = nix::libc::O_NOFOLLOW | nix::libc::O_CLOEXEC;
-
-/// Replaces `path` with `contents` so that a crash leaves either the old
-/// or the new file, durably: write a new temporary file beside it, fsync
-/// it, rename it over, fsync the directory. A symlink at `path` is
-/// followed (its target is replaced, the link kept); the file's mode and
-/// owner are kept (0644 and the caller's for a new file).
-pub fn write_atomically(path: &Path, contents: &[u8]) -> io::Result<()> {
-    let target = match fs::symlink_metadata(path) {
-        Ok(m) if m.file_type().is_symlink() => fs::canonicalize(path).map_err(|e| {
-            io::Error::new(e.kind(), format!("a symlink to nowhere ({}); refused", os_error_text(&e)))
-        })?,
-        _ => path.to_owned(),
-    };
-    let existing = fs::metadata(&target).ok();
-    let dir = target.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
-    fs::create_dir_all(dir)?;
-    let name = target.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-    let mode = existing.as_ref().map_or(0o644, |m| m.mode() & 0o7777);
-    let (tmp, mut f) = create_temp(dir, &name, mode)?;
-    let result = (|| {
-        if let Some(m) = &existing {
-            let meta = f.metadata()?;
-            if (meta.uid(), meta.gid()) != (m.uid(), m.gid()) {
-                std::os::unix::fs::fchown(&f, Some(m.uid()), Some(m.gid()))?;
-            }
-            // The umask may have taken bits away at creation.
-            f.set_permissions(std::os::unix::fs::PermissionsExt::from_mode(mode))?;
-        }
-        f.write_all(contents)?;
-        f.sync_all()?;
-        fs::rename(&tmp, &target)?;
-        fs::File::open(dir)?.sync_all()
-    })();
-    if result.is_err() {
-        let _ = fs::remove_file(&tmp);
-    }
-    result
-}
-
-/// Creates `path` empty, or empties it, never through a symlink: its
-/// modification time is the mark.
-pub fn touch(path: &Path) -> io::Result<()> {
-    fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).custom_flags(NO_FOLLOW).open(path).map(drop)
-}
-
-/// A new file `.NAME.PID.N` in `dir`, created exclusively.
-fn create_temp(dir: &Path, name: &str, mode: u32) -> io::Result<(PathBuf, fs::File)> {
-    let mut n = 0u32;
-    loop {
-        let tmp = dir.join(format!(".{name}.{}.{n}", std::process::id()));
-        match fs::OpenOptions::new().write(true).create_new(true).mode(mode).custom_flags(NO_FOLLOW).open(&tmp) {
-            Ok(f) => return Ok((tmp, f)),
-            // Left by a process of the same pid that crashed, or planted.
-            Err(e) if e.kind() == io::ErrorKind::AlreadyExists && n < 100 => n += 1,
-            Err(e) => return Err(e),
-        }
-    }
-}
-
-/// An exclusive lock on a file beside `path`, held while the value lives:
-/// many udev workers update the state at once.
-pub struct Lock {
-    _flock: nix::fcntl::Flock<fs::File>,
-}
-
-impl Lock {
-    pub fn take(path: &Path) -> Result<Lock, StateError> {
-        let lock_path = path.with_extension("lock");
-        if let Some(dir) = lock_path.parent() {
-            fs::create_dir_all(dir).map_err(|e| StateError::Io(dir.to_owned(), e))?;
-        }
-        let f = fs::OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .mode(0o600)
-            .custom_flags(NO_FOLLOW)
-            .open(&lock_path)
-            .map_err(|e| StateError::Io(lock_path.clone(), e))?;
-        nix::fcntl::Flock::lock(f, nix::fcntl::FlockArg::LockExclusive)
-            .map(|flock| Lock { _flock: flock })
-            .map_err(|(_, e)| StateError::Io(lock_path, io::Error::from(e)))
-    }
-}
-
 /// Where the state lives: the file, and the journal that takes what is
 /// recorded while the file is an initramfs's copy.
 #[derive(Debug, Clone, Copy)]
@@ -406,10 +325,7 @@ impl Store<'_> {
         let line = |before: &Record, after: &Record| format!("{} {}\n", uuid.hyphenated(), before.delta(after).join(" "));
         let mut journaled = false;
         let result = (|| {
-            let _lock = Lock::take(self.path).map_err(|e| match e {
-                StateError::Io(p, error) => failed(&p, error),
-                e => e,
-            })?;
+            let _lock = Lock::take(self.path).map_err(|PathError(p, error)| failed(&p, error))?;
             let mut state = State::load(self.path)?;
             let before = state.records.get(&uuid).cloned();
             let rec = state.records.entry(uuid).or_default();
@@ -499,7 +415,7 @@ mod tests {
                 mode: Some(CacheMode::Writeback),
                 identity: Identity {
                     sectors: Some(4096),
-                    disk: Some(crate::identity::DiskId::Serial("QM 1".into())),
+                    disk: Some(crate::tab::identity::DiskId::Serial("QM 1".into())),
                     partition: Some(1),
                     part_uuid: Some("1234abcd-01".into()),
                     fs_uuid: None,
@@ -544,7 +460,7 @@ mod tests {
         merge_journal(&store(&system, &journal)).unwrap();
         let id = State::load(&system).unwrap().get(&u).unwrap().identity.clone();
         assert_eq!((id.sectors, id.fs_uuid), (Some(16), None));
-        assert_eq!(id.disk, Some(crate::identity::DiskId::Serial("a b".into())));
+        assert_eq!(id.disk, Some(crate::tab::identity::DiskId::Serial("a b".into())));
         // Two records of one device with two disks: undecidable.
         let two = format!("{HEADER}\n{line}\n{} sectors=8 disk=serial:c\n", u.hyphenated());
         let e = State::parse(&two, Path::new("s")).unwrap_err().to_string();

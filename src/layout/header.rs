@@ -16,8 +16,10 @@ use devicemapper::{DevId, DmName, DmOptions, DmUuid, DM};
 use uuid::Uuid;
 
 use crate::device::{Device, DeviceError};
+use crate::layout::{Backing, LayoutError};
 use crate::os_error_text;
-use crate::superblock::{BackingParams, BdevState, Label, Superblock, BDEV_DATA_START_DEFAULT, SB_START};
+use crate::sysfs::Sysfs;
+use crate::superblock::{BackingParams, Label, Superblock, BDEV_DATA_START_DEFAULT, SB_START};
 
 /// Sectors of header before the device's data.
 pub const HEADER_SECTORS: u64 = BDEV_DATA_START_DEFAULT;
@@ -38,14 +40,13 @@ pub enum HeaderError {
     BlockSize(u32),
 }
 
-/// What goes into the header's superblock.
-pub struct HeaderParams<'a> {
-    pub uuid: Uuid,
-    pub set_uuid: Option<Uuid>,
-    pub state: BdevState,
-    pub cache_mode: crate::superblock::CacheMode,
-    pub label: &'a str,
-    pub block_size: u32,
+/// [`Layout::register`](crate::layout::Layout::register) for a header:
+/// set up (or its superblock rewritten), then its dm device registered.
+pub fn register(sysfs: &Sysfs, run_dir: &Path, b: &Backing, dev: Device, _path: &Path) -> Result<PathBuf, LayoutError> {
+    let joined = set_up(run_dir, &dev, b)?;
+    drop(dev);
+    sysfs.register(&joined.to_string_lossy(), false)?;
+    Ok(joined)
 }
 
 /// The header's file under `run_dir`.
@@ -80,27 +81,28 @@ pub fn find(uuid: &Uuid) -> Option<(PathBuf, u64)> {
 /// A dm device left from an earlier registration at this boot (the bcache
 /// device stopped) gets the new superblock in place, written through the
 /// dm device itself so that its page cache holds what the kernel reads.
-pub fn set_up(run_dir: &Path, dev: &Device, p: &HeaderParams) -> Result<PathBuf, HeaderError> {
+pub fn set_up(run_dir: &Path, dev: &Device, p: &Backing) -> Result<PathBuf, HeaderError> {
+    let block_size = p.block_size.unwrap_or(dev.logical_block_size());
     if let Some((joined, _)) = find(&p.uuid) {
-        Device::open(&joined, crate::device::Access::WriteExclusive)?.write_superblock(&superblock(p)?)?;
+        Device::open(&joined, crate::device::Access::WriteExclusive)?.write_superblock(&superblock(p, block_size)?)?;
         return Ok(joined);
     }
     let file = header_file(run_dir, &p.uuid);
-    let sb = superblock(p)?;
+    let sb = superblock(p, block_size)?;
     let mut bytes = vec![0u8; (HEADER_SECTORS * 512) as usize];
     bytes[SB_START as usize..].copy_from_slice(&sb.to_bytes());
-    crate::state::write_atomically(&file, &bytes).map_err(|e| HeaderError::Io(file.clone(), e))?;
+    crate::files::write_atomically(&file, &bytes).map_err(|e| HeaderError::Io(file.clone(), e))?;
     join(&file, dev, p)
 }
 
 /// The header's superblock.
-fn superblock(p: &HeaderParams) -> Result<Superblock, HeaderError> {
-    let label = Label::new(p.label).map_err(|e| HeaderError::Label(e.to_string()))?;
+fn superblock(p: &Backing, block_size: u32) -> Result<Superblock, HeaderError> {
+    let label = Label::new(&p.label).map_err(|e| HeaderError::Label(e.to_string()))?;
     let mut sb = Superblock::new_backing(&BackingParams {
         uuid: p.uuid,
         set_uuid: p.set_uuid.unwrap_or(Uuid::nil()),
         label,
-        block_sectors: u16::try_from(p.block_size / 512).map_err(|_| HeaderError::BlockSize(p.block_size))?,
+        block_sectors: u16::try_from(block_size / 512).map_err(|_| HeaderError::BlockSize(block_size))?,
         bucket_sectors: 1024,
         data_offset: HEADER_SECTORS,
         cache_mode: p.cache_mode,
@@ -112,7 +114,7 @@ fn superblock(p: &HeaderParams) -> Result<Superblock, HeaderError> {
 
 /// The loop device over the header `file` and the dm device joining it in
 /// front of `dev`.
-fn join(file: &Path, dev: &Device, p: &HeaderParams) -> Result<PathBuf, HeaderError> {
+fn join(file: &Path, dev: &Device, p: &Backing) -> Result<PathBuf, HeaderError> {
     // Held open until the dm table holds the loop device: autoclear would
     // take it down at our close otherwise.
     let loop_dev = attach_loop(file)?;

@@ -17,40 +17,12 @@ use std::path::{Path, PathBuf};
 use rustc_hash::FxHashMap;
 use uuid::Uuid;
 
+use crate::layout::Layout;
 use crate::superblock::{CacheMode, LABEL_LEN};
 use crate::units::parse_bytes;
 
 /// Where bcachetab lives unless told otherwise.
 pub const DEFAULT_PATH: &str = "/etc/bcachetab";
-
-/// How the device's data is presented to bcache.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Layout {
-    /// register_raw (patched module): the kernel builds the superblock from
-    /// text; the device's data starts at its first sector.
-    Raw,
-    /// Stock kernels: an 8 KiB header holding a superblock, joined in front
-    /// of the device by a dm-linear table; that device is registered.
-    Header,
-}
-
-impl Layout {
-    pub fn name(self) -> &'static str {
-        match self {
-            Layout::Raw => "raw",
-            Layout::Header => "header",
-        }
-    }
-
-    pub fn parse(s: &str) -> Option<Layout> {
-        match s {
-            "raw" => Some(Layout::Raw),
-            "header" => Some(Layout::Header),
-            _ => None,
-        }
-    }
-}
 
 /// How a line names its backing device. Stable names (UUID=, PARTUUID=,
 /// PARTLABEL=, LABEL=, /dev/disk/by-id/...) survive renumbering; a plain
@@ -384,7 +356,7 @@ pub struct Options {
 pub struct Entry {
     /// 1-based line number in the file.
     pub line: usize,
-    /// Name for /dev/bcache/<name>, if any.
+    /// Name for `/dev/bcache/<name>`, if any.
     pub name: Option<String>,
     pub device: DeviceSpec,
     /// The backing device's bcache uuid. It must never change: the cache
@@ -549,7 +521,7 @@ pub enum EditError {
     #[error("{}: {}", .0.display(), crate::os_error_text(.1))]
     Io(PathBuf, std::io::Error),
     #[error(transparent)]
-    Lock(#[from] crate::state::StateError),
+    Lock(#[from] crate::files::PathError),
     #[error("{}: {}", .0.display(), .1)]
     Refused(PathBuf, String),
 }
@@ -560,12 +532,12 @@ pub enum EditError {
 /// device, then appends one).
 pub struct Locked<'p> {
     path: &'p Path,
-    _lock: crate::state::Lock,
+    _lock: crate::files::Lock,
 }
 
 impl<'p> Locked<'p> {
     pub fn take(path: &'p Path) -> Result<Locked<'p>, EditError> {
-        Ok(Locked { path, _lock: crate::state::Lock::take(path)? })
+        Ok(Locked { path, _lock: crate::files::Lock::take(path)? })
     }
 
     /// The table as it is; a missing file is an empty one.
@@ -588,7 +560,7 @@ impl<'p> Locked<'p> {
         let result = edit(&tab, &mut lines).map_err(|m| EditError::Refused(path.to_owned(), m))?;
         let mut out = lines.join("\n");
         out.push('\n');
-        crate::state::write_atomically(path, out.as_bytes()).map_err(|e| EditError::Io(path.to_owned(), e))?;
+        crate::files::write_atomically(path, out.as_bytes()).map_err(|e| EditError::Io(path.to_owned(), e))?;
         Ok(result)
     }
 
@@ -715,7 +687,7 @@ fn parse_line(words: &Words, line: usize) -> Result<Entry, FieldError> {
     Ok(Entry { line, name, device, uuid, cset, options })
 }
 
-/// Names become /dev/bcache/<name> and part of a device-mapper name.
+/// Names become `/dev/bcache/<name>` and part of a device-mapper name.
 pub fn check_name(n: &str) -> Result<&str, String> {
     let ok = n.len() <= 64
         && n.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-' | '+'))

@@ -1,0 +1,285 @@
+//! The state machine of a bcachetab device: for each transition, what is
+//! recorded before the kernel is told, what the kernel is told, and what is
+//! recorded after. The steps that carry them out are in
+//! [`activate`](super::activate) (registration), [`transition`](super::transition)
+//! (attach, detach, runs without the set) and [`events`](super::events) (what
+//! the kernel reports); the record changes themselves are here, once.
+//!
+//! | transition | recorded before (durably; if it fails the kernel is not told) | the kernel | recorded after |
+//! |---|---|---|---|
+//! | registration (adopt, boot) | layout, mode (writeback kept while a set may hold dirty data), the set named as attached and pending, a stale mark for a stale registration ([`ahead_of_registration`]) | register_raw, or a header and register, in the state [`registration`] gives | the attach sysfs shows, confirmed ([`confirm_attach`]) |
+//! | attach (`bcache attach`) | bcachetab names the set; the record names it, pending ([`ahead_of_attach`]) | `attach` | confirmed; on refusal both put back |
+//! | first dirty write, clean | (nothing: a writeback device is registered dirty whatever the record says) | the kernel's own superblock write | the state it reports ([`note`]) |
+//! | detach started | (nothing: the record keeps the set) | `detach` | bcachetab names no set |
+//! | detach done | | the kernel drops its slot | the set forgotten, only from the kernel's word ([`note`] with state none) |
+//! | mode change | (a line's mode; writeback kept recorded) | `cache_mode` | the mode reported ([`note`]) |
+//! | forced run, timeout run | the stale mark ([`mark_stale`]) | `running` | |
+//! | set returns | | the set attaches the waiting device | confirmed; a dirty registration refused for want of a slot settled afresh when nothing says the set held data for it |
+
+use uuid::Uuid;
+
+use crate::layout::{header, Backing, Layout};
+use crate::superblock::{BdevState, CacheMode};
+use crate::tab::env::ApplyError;
+use crate::tab::file::Entry;
+use crate::tab::records::Record;
+
+/// What the kernel is told about a device, and by which layout.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Registration {
+    pub layout: Layout,
+    pub backing: Backing,
+}
+
+/// The dirty-data rules. A device whose cache set may hold dirty data for
+/// it is registered dirty, so it waits for the set; a device run without
+/// its set is registered stale, so the next attach drops the set's old
+/// data; only what the state file proves relaxes this. A copy of the
+/// state file (an initramfs's) may be out of date and proves less.
+///
+/// | what the record says            | writeback (or was, or dirty) | other modes |
+/// |---------------------------------|------------------------------|-------------|
+/// | stale                           | stale                        | stale       |
+/// | a set (attached, or pending)    | dirty                        | clean       |
+/// | never attached (file, not copy) | none                         | none        |
+/// | nothing, or a copy              | dirty                        | stale       |
+///
+/// State none with a set is sent only for a device proved never attached:
+/// the patched module refuses it where the set holds a slot (the attach
+/// would drop the slot), and clean would make a device that never had a
+/// set wait for one.
+pub fn registration(
+    entry: &Entry,
+    record: Option<&Record>,
+    is_copy: bool,
+    has_raw: bool,
+) -> Result<Registration, ApplyError> {
+    let pinned = entry.options.layout;
+    let recorded = record.and_then(|r| r.layout);
+    let mut layout = pinned.or(recorded).unwrap_or(if has_raw { Layout::Raw } else { Layout::Header });
+    if layout == Layout::Raw && !has_raw {
+        if pinned == Some(Layout::Raw) {
+            return Err(ApplyError::NoRegisterRaw);
+        }
+        layout = Layout::Header;
+    }
+    let attached = record.and_then(|r| r.attached);
+    let stale = record.is_some_and(|r| r.stale);
+    if let (Some(from), Some(set)) = (recorded, attached) {
+        if from != layout && !stale {
+            return Err(ApplyError::LayoutSwitch { from: from.name(), to: layout.name(), set });
+        }
+    }
+    // A device attached to a set keeps it until a detach is recorded,
+    // whatever bcachetab says: that set may hold its dirty data. A detach
+    // not seen to finish is not finished by a later boot: the set's journal
+    // may have lost the end of one that did (FAULT-MATRIX.md), and only the
+    // operator knows whether the disk was written since.
+    if let Some(a) = attached.filter(|_| !stale) {
+        if entry.cset != Some(a) {
+            return Err(ApplyError::OtherSet { attached: a, named: entry.cset });
+        }
+    }
+    let set_uuid = entry.cset;
+    let mode = entry.options.mode;
+    // The mode it last ran in, or the state the kernel last reported, may
+    // have left dirty data in the set whatever bcachetab says now.
+    let may_be_dirty = mode == CacheMode::Writeback
+        || record.is_some_and(|r| r.mode == Some(CacheMode::Writeback) || r.state == Some(BdevState::Dirty));
+    // Proved new to every set by an up-to-date record.
+    let never_attached = !is_copy && record.is_some() && attached.is_none();
+    let state = match set_uuid {
+        None => BdevState::None,
+        Some(_) if stale && is_copy && may_be_dirty => return Err(ApplyError::StaleCopy),
+        Some(_) if stale => BdevState::Stale,
+        Some(_) if never_attached => BdevState::None,
+        Some(_) if may_be_dirty => BdevState::Dirty,
+        // Holds no dirty data: waits for its set to keep the cache warm
+        // (or its timeout), or, unproved (a copy may predate a stale mark),
+        // drops what the set may hold.
+        Some(_) if attached.is_some() && !is_copy => BdevState::Clean,
+        Some(_) => BdevState::Stale,
+    };
+    let data_offset = match layout {
+        Layout::Raw => entry.options.data_offset.unwrap_or(0),
+        Layout::Header => header::HEADER_SECTORS,
+    };
+    // The kernel refuses a raw device smaller than it was adopted (a
+    // header's table is built from the device as it is).
+    let size = record.and_then(|r| r.identity.sectors).filter(|_| layout == Layout::Raw);
+    let backing = Backing {
+        uuid: entry.uuid,
+        set_uuid,
+        data_offset,
+        block_size: entry.options.block_size,
+        cache_mode: mode,
+        state,
+        label: entry.options.label.clone(),
+        size,
+    };
+    Ok(Registration { layout, backing })
+}
+
+
+/// Before a registration: its layout and mode, and the set it names as
+/// attached but pending (that set may attach it now or whenever it comes,
+/// with no step of ours in between). A power cut after this and before
+/// the kernel acts leaves a dirty-or-clean registration at the next boot:
+/// the device waits for a slot the set may not have, rather than drop one
+/// it may have.
+pub fn ahead_of_registration(r: &mut Record, reg: &Registration) {
+    r.layout = Some(reg.layout);
+    // Writeback stays recorded while a set may hold its dirty data.
+    if !(r.mode == Some(CacheMode::Writeback) && r.attached.is_some()) {
+        r.mode = Some(reg.backing.cache_mode);
+    }
+    if let Some(set) = reg.backing.set_uuid.filter(|_| r.attached.is_none()) {
+        r.attached = Some(set);
+        r.pending = true;
+    }
+    // It runs at once, without its set: the set's copy is dropped at the
+    // next attach, whichever boot that is.
+    if reg.backing.state == BdevState::Stale {
+        r.stale = true;
+    }
+}
+
+/// Before `bcache attach` tells the kernel: the set, pending until the
+/// attach is seen.
+pub fn ahead_of_attach(r: &mut Record, set: Uuid) {
+    r.attached = Some(set);
+    r.pending = true;
+}
+
+/// Before a device runs without its set (forced, or its timeout): its
+/// stale mark, so that the set's old data for it is dropped when the set
+/// returns, never served.
+pub fn mark_stale(r: &mut Record) {
+    r.stale = true;
+    r.state = Some(BdevState::Stale);
+}
+
+/// The attach the kernel shows: the set holds a slot for the device, a
+/// fresh one if it was stale.
+pub fn confirm_attach(r: &mut Record, set: Uuid) {
+    r.attached = Some(set);
+    r.pending = false;
+    r.stale = false;
+}
+
+/// Folds a superblock state into a record. `written_by_kernel`: only the
+/// kernel wrote it (a raw device's event), so clean or dirty with a set
+/// proves the attach, and the state is the kernel's; a header also holds
+/// what this tool registered it with, so there only its stale and detach
+/// marks count, and sysfs proves the attach ([`record_attachment`](super::transition::record_attachment)).
+pub fn note(r: &mut Record, set: Option<Uuid>, st: Option<BdevState>, mode: Option<CacheMode>, written_by_kernel: bool) {
+    match st {
+        // Run without its set: its slot must be dropped at the next attach.
+        Some(BdevState::Stale) => r.stale = true,
+        // Attached (again): the set holds a slot, a fresh one after stale.
+        Some(BdevState::Clean | BdevState::Dirty) => {
+            if let Some(set) = set.filter(|_| written_by_kernel) {
+                confirm_attach(r, set);
+            }
+        }
+        // Detached: the set dropped its slot after writing dirty data back.
+        Some(BdevState::None) if set.is_none() => {
+            r.attached = None;
+            r.pending = false;
+            r.stale = false;
+        }
+        _ => {}
+    }
+    if st.is_some() && written_by_kernel {
+        r.state = st;
+    }
+    // A header's mode may be the one registered: it only ever raises the
+    // record to writeback (a mode changed by hand in sysfs).
+    if mode.is_some() && (written_by_kernel || mode == Some(CacheMode::Writeback)) {
+        r.mode = mode;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::tab::file::{DeviceSpec, Options};
+
+    fn entry(cset: Option<u128>, mode: CacheMode) -> Entry {
+        Entry {
+            line: 1,
+            name: None,
+            device: DeviceSpec::Path("/dev/vdb".into()),
+            uuid: Uuid::from_u128(1),
+            cset: cset.map(Uuid::from_u128),
+            options: Options { mode, ..Options::default() },
+        }
+    }
+
+    fn rec(attached: Option<u128>, stale: bool, layout: Layout) -> Record {
+        Record { layout: Some(layout), attached: attached.map(Uuid::from_u128), stale, ..Record::default() }
+    }
+
+    #[test]
+    fn writeback_waits_unless_the_record_proves_otherwise() {
+        let wb = entry(Some(9), CacheMode::Writeback);
+        let state = |r: Option<&Record>, copy| registration(&wb, r, copy, true).map(|g| g.backing.state);
+        // Unknown: assume dirty.
+        assert_eq!(state(None, false).unwrap(), BdevState::Dirty);
+        assert_eq!(state(Some(&rec(Some(9), false, Layout::Raw)), false).unwrap(), BdevState::Dirty);
+        // Known never attached: attach afresh.
+        assert_eq!(state(Some(&rec(None, false, Layout::Raw)), false).unwrap(), BdevState::None);
+        // ...but a copy may predate the attach.
+        assert_eq!(state(Some(&rec(None, false, Layout::Raw)), true).unwrap(), BdevState::Dirty);
+        assert_eq!(state(Some(&rec(Some(9), true, Layout::Raw)), false).unwrap(), BdevState::Stale);
+        // An attach written ahead and not confirmed: the set may hold dirty data.
+        let pending = Record { pending: true, ..rec(Some(9), false, Layout::Raw) };
+        assert_eq!(state(Some(&pending), false).unwrap(), BdevState::Dirty);
+        assert!(matches!(state(Some(&rec(Some(9), true, Layout::Raw)), true), Err(ApplyError::StaleCopy)));
+    }
+
+    #[test]
+    fn writethrough_waits_only_when_attached() {
+        let wt = entry(Some(9), CacheMode::Writethrough);
+        let state = |r: Option<&Record>| registration(&wt, r, false, true).unwrap().backing.state;
+        // Unknown: whatever the set holds for it is dropped, never served.
+        assert_eq!(state(None), BdevState::Stale);
+        // Known never attached: new to the set.
+        assert_eq!(state(Some(&rec(None, false, Layout::Raw))), BdevState::None);
+        // Switched from writeback in bcachetab while the kernel last said dirty.
+        let was_dirty = Record { state: Some(BdevState::Dirty), ..rec(Some(9), false, Layout::Raw) };
+        assert_eq!(state(Some(&was_dirty)), BdevState::Dirty);
+        let was_writeback = Record { mode: Some(CacheMode::Writeback), ..rec(Some(9), false, Layout::Raw) };
+        assert_eq!(state(Some(&was_writeback)), BdevState::Dirty);
+        // Attached, the attach not yet confirmed: the slot kept if there is one.
+        let pending = Record { pending: true, ..rec(Some(9), false, Layout::Raw) };
+        assert_eq!(state(Some(&pending)), BdevState::Clean);
+        assert_eq!(state(Some(&rec(Some(9), false, Layout::Raw))), BdevState::Clean);
+        assert_eq!(state(Some(&rec(Some(9), true, Layout::Raw))), BdevState::Stale);
+    }
+
+    #[test]
+    fn layout_switch_and_other_set_are_refused_while_attached() {
+        let wb = entry(Some(9), CacheMode::Writeback);
+        let r = rec(Some(9), false, Layout::Raw);
+        assert!(matches!(registration(&wb, Some(&r), false, false), Err(ApplyError::LayoutSwitch { .. })));
+        let free = rec(None, false, Layout::Raw);
+        assert_eq!(registration(&wb, Some(&free), false, false).unwrap().layout, Layout::Header);
+        let moved = entry(Some(8), CacheMode::Writeback);
+        assert!(matches!(registration(&moved, Some(&r), false, true), Err(ApplyError::OtherSet { .. })));
+        let none = entry(None, CacheMode::Writethrough);
+        assert!(matches!(registration(&none, Some(&r), false, true), Err(ApplyError::OtherSet { .. })));
+    }
+
+    #[test]
+    fn a_raw_registration_carries_the_adopted_size_for_the_kernel_to_check() {
+        let wb = entry(Some(9), CacheMode::Writeback);
+        let mut r = rec(Some(9), false, Layout::Raw);
+        r.identity.sectors = Some(2048);
+        assert_eq!(registration(&wb, Some(&r), false, true).unwrap().backing.size, Some(2048));
+        // A header's table is built from the device as it is.
+        r.layout = Some(Layout::Header);
+        assert_eq!(registration(&wb, Some(&r), false, true).unwrap().backing.size, None);
+        assert_eq!(registration(&wb, None, false, true).unwrap().backing.size, None);
+    }
+}
