@@ -8,33 +8,15 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::path::PathBuf;
 
-use common::vm::{DebianInit, Scratch, Vm, VmOutput};
+use common::many::{guest, ManyDevices, MANY};
+use common::vm::{Scratch, Vm, VmOutput};
 use common::{pattern, SAME_FILES};
 
 const MIB: u64 = 1 << 20;
 const EXT4_UUID: &str = "3f0a7c1e-52b4-4d8e-9b61-0c2d4e6f8a01";
 const XFS_UUID: &str = "8c3e5a71-0d2f-4b6a-9e14-7f5b3c2d1a09";
-
-fn repo(rel: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join(rel)
-}
-
-/// A Debian guest with the project's rules and unit installed as the README
-/// says, and the patched module when asked.
-fn guest(system: &Path, patched: bool) -> Vm {
-    let mut vm = Vm::debian(system);
-    vm.host_file(&repo("udev/61-bcachetab.rules"), "/usr/lib/udev/rules.d/61-bcachetab.rules")
-        .host_file(&repo("systemd/bcachetab-wait@.service"), "/usr/lib/systemd/system/bcachetab-wait@.service")
-        .symlink("/usr/sbin/bcachetab-apply", "bcache");
-    if patched {
-        let ko = common::patched_module(&vm);
-        vm.module_override(&ko);
-    }
-    vm
-}
 
 fn file_data(i: u64) -> Vec<u8> {
     pattern(150_000 + i as usize * 40_009, 0xf11e + i)
@@ -312,94 +294,19 @@ fn patched_module_ephemeral_cache_times_out_and_a_new_one_attaches() {
     ephemeral_cache_timeout(true);
 }
 
-const MANY: usize = 24;
-
 /// 24 adopted devices (half writeback, half writethrough) on one cache;
 /// their udev events run in parallel at every boot. Five boots in a row:
 /// every device up each time, each registered once, nothing refused; and
 /// the time from the last disk's udev initialisation to the last bcache
-/// device's, reported.
+/// device's, reported (bench/boot.rs compares the layouts).
 fn many_devices_five_boots(patched: bool) {
-    let scratch = Scratch::new();
-    let system = scratch.system_disk("system.img");
-    let disks: Vec<PathBuf> = (0..MANY)
-        .map(|i| {
-            let img = scratch.image(&format!("d{i:02}.img"), 8 * MIB);
-            let uuid = format!("00000000-0000-4000-8000-0000000000{i:02}");
-            let ok = Command::new("mkfs.ext4").args(["-q", "-F", "-U", &uuid]).arg(&img).status().unwrap();
-            assert!(ok.success(), "mkfs.ext4");
-            img
-        })
-        .collect();
-    let cache = scratch.image("cache.img", 400 * MIB);
-    // udevd without systemd: nothing here needs units, and each boot is
-    // about 11 s shorter under TCG.
-    let vm = || {
-        let mut vm = guest(&system, patched);
-        vm.debian_init(DebianInit::Udevd);
-        for d in &disks {
-            vm.disk(d);
-        }
-        // 24 registrations per boot are minutes of TCG on a busy machine.
-        vm.disk(&cache).memory_mib(1024).timeout(std::time::Duration::from_secs(900));
-        vm
-    };
-    // The guest's device names: vda..vdx, then the cache.
-    let names: Vec<String> = (0..=MANY).map(common::vm::disk_dev).collect();
-    let cache_dev = &names[MANY];
-    let mut adopt = String::new();
-    for (i, dev) in names[..MANY].iter().enumerate() {
-        let wb = if i % 2 == 0 { "--writeback" } else { "" };
-        adopt.push_str(&format!("check adopt_{i:02} bcache adopt {dev} --cache {cache_dev} {wb} --name d{i:02}\n"));
-    }
-    let out = vm().run(&format!(
-        r#"
-        check make_cache bcache make -C {cache_dev}
-        wait_until 30 test -e /sys/block/{c}/bcache
-        {adopt}
-        udevadm settle
-        emit up "$(ls /dev/bcache/ | grep -c '^d[0-9]' || true)"
-        "#,
-        c = cache_dev.trim_start_matches("/dev/")
-    ));
+    let many = ManyDevices::new(patched);
+    let out = many.adopt();
     boot_report(1, &out);
-    out.assert_ok();
-    assert_eq!(out.expect_value("up"), MANY.to_string());
-
-    let raw_disks = names[..MANY].iter().map(|n| n.trim_start_matches("/dev/")).collect::<Vec<_>>().join(" ");
-    for boot in 2..=6 {
-        let out = vm().run(&format!(
-            r#"
-            udevadm settle --timeout=600
-            wait_until 600 sh -c '[ "$(ls /dev/bcache/ | grep -c "^d[0-9]")" = {MANY} ]'
-            udevadm settle --timeout=600
-            emit up "$(ls /dev/bcache/ | grep -c '^d[0-9]' || true)"
-            emit bcache_disks "$(ls /sys/block | grep -c '^bcache' || true)"
-            emit registered "$(dmesg | grep -c 'registered backing device' || true)"
-            emit refused "$(dmesg | grep -c 'register_bcache() error\|register_raw:' || true)"
-            emit headers "$(ls /sys/block | grep -c '^dm-' || true)"
-            emit listed_up "$(bcache tab list | grep -c ' up: ' || true)"
-            # Last raw disk initialised by udev, last bcache device initialised.
-            last() {{ for d in "$@"; do udevadm info -q property -n /dev/$d | sed -n 's/^USEC_INITIALIZED=//p'; done | sort -n | tail -1; }}
-            RAW=$(last {raw_disks})
-            BC=$(last $(ls /sys/block | grep '^bcache'))
-            emit settle_ms $(( (BC - RAW) / 1000 ))
-            "#
-        ));
-        boot_report(boot, &out);
-        out.assert_ok();
-        let n = MANY.to_string();
-        assert_eq!(out.expect_value("up"), n, "boot {boot}: /dev/bcache/ links");
-        assert_eq!(out.expect_value("bcache_disks"), n, "boot {boot}: bcache devices");
-        assert_eq!(out.expect_value("registered"), n, "boot {boot}: each device registered once");
-        assert_eq!(out.expect_value("refused"), "0", "boot {boot}: no registration refused");
-        assert_eq!(out.expect_value("listed_up"), n, "boot {boot}: bcache tab list");
-        let headers = if patched { "0" } else { n.as_str() };
-        assert_eq!(out.expect_value("headers"), headers, "boot {boot}: one dm device per header");
-        eprintln!(
-            "boot {boot}: last disk initialised by udev -> last of {MANY} bcache devices: {} ms",
-            out.expect_value("settle_ms")
-        );
+    for n in 2..=6 {
+        let boot = many.boot(n);
+        boot_report(n, &boot.out);
+        eprintln!("boot {n}: last disk initialised by udev -> last of {MANY} bcache devices: {} ms", boot.settle_ms);
     }
 }
 

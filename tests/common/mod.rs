@@ -1,4 +1,6 @@
 //! Shared helpers of the integration tests (`mod common;`).
+#[allow(dead_code)] // used by the boot test and bench/boot.rs only
+pub mod many;
 pub mod vm;
 
 use std::path::PathBuf;
