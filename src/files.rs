@@ -9,10 +9,11 @@ use std::path::{Path, PathBuf};
 
 use crate::os_error_text;
 
-/// An I/O error on a file, with the file's name.
+/// An I/O error on a file, with the file's name. Its text says the system's
+/// words already: no source, or a chain would print them twice.
 #[derive(Debug, thiserror::Error)]
 #[error("{}: {}", .0.display(), os_error_text(.1))]
-pub struct PathError(pub PathBuf, #[source] pub io::Error);
+pub struct PathError(pub PathBuf, pub io::Error);
 
 /// Flags for every file the tool creates: a planted symlink is never
 /// followed, and no descriptor leaks into the programs udev runs.
@@ -102,3 +103,19 @@ impl Lock {
     }
 }
 
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_lock_that_cannot_be_taken_says_why_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("file");
+        fs::write(&file, b"").unwrap();
+        // Its directory is a file.
+        let e = Lock::take(&file.join("tab")).err().expect("no lock under a file");
+        let chain = format!("{:#}", anyhow::Error::new(e));
+        assert_eq!(chain.matches("File exists").count(), 1, "{chain}");
+    }
+}
