@@ -214,10 +214,17 @@ pub fn declare(env: &Env, req: &Request) -> Result<Declared, AdoptError> {
     drop(dev);
 
     let entry = Entry { line: 0, name: req.name.clone(), device: spec, uuid, cset, options };
-    // A record proves the device new to every cache set (never attached):
-    // it attaches afresh instead of waiting for a slot that does not exist.
-    // Its identity keeps another disk from being registered in its place.
-    env.store().update(uuid, "the new device", |r| r.identity = now.clone())?;
+    // A uuid of adopt's own making is new to every cache set: marked so,
+    // the device attaches afresh instead of waiting for a slot that does
+    // not exist. One given with --uuid may be known to a set (a device
+    // adopted again after its line or its record was lost): unmarked, it
+    // is registered as one a set may hold data for. Its identity keeps
+    // another disk from being registered in its place.
+    let fresh = req.uuid.is_none();
+    env.store().update(uuid, "the new device", |r| {
+        r.identity = now.clone();
+        r.new |= fresh;
+    })?;
     let line = lock.append(&entry)?;
     Ok(Declared { entry: Entry { line, ..entry }, device: real })
 }

@@ -62,13 +62,51 @@ pub struct Record {
     /// What the device was when adopted: a device that is not is never
     /// registered under this uuid.
     pub identity: Identity,
+    /// Declared by `bcache adopt` under a uuid of its own making, with no
+    /// set named for it since (`new=1`): the proof that no cache set holds
+    /// a slot for it ([`Record::proves_never_attached`]). Set by nothing
+    /// else: a record made any other way (a refused attach undone, `tab
+    /// identify`, a kernel event or a journal line for a device with no
+    /// record, an adopt of a uuid given with `--uuid`, a state file written
+    /// before the mark) says nothing of what the sets hold. Dropped once a
+    /// set is named.
+    pub new: bool,
     /// Keys a newer version wrote, kept as they are.
     pub unknown: Vec<(String, String)>,
 }
 
-const KEYS: [&str; 6] = ["layout", "attached", "pending", "stale", "state", "mode"];
+const KEYS: [&str; 7] = ["layout", "attached", "pending", "stale", "state", "mode", "new"];
 
 impl Record {
+    /// Whether the record proves that no cache set holds a slot for the
+    /// device: adopt declared it fresh and no set was named since. A
+    /// record without the mark (made otherwise, or before the mark) may
+    /// belong to a device a set holds data for.
+    pub fn proves_never_attached(&self) -> bool {
+        self.new && self.attached.is_none()
+    }
+
+    /// A record that names a set is new to no set.
+    fn normalize(&mut self) {
+        if self.attached.is_some() {
+            self.new = false;
+        }
+    }
+
+    /// One of [`KEYS`] as the file writes it; empty when unset.
+    fn value(&self, k: &str) -> String {
+        match k {
+            "layout" => self.layout.map_or("", |l| l.name()).to_owned(),
+            "attached" => self.attached.map_or("none".to_owned(), |a| a.hyphenated().to_string()),
+            "pending" => u8::from(self.pending).to_string(),
+            "stale" => u8::from(self.stale).to_string(),
+            "state" => self.state.map_or("", |s| s.name()).to_owned(),
+            "mode" => self.mode.map_or("", |m| m.name()).to_owned(),
+            "new" => u8::from(self.new).to_string(),
+            _ => String::new(),
+        }
+    }
+
     /// Sets one key from the file's text; `none` clears a uuid, `0` a mark.
     fn assign(&mut self, k: &str, v: &str) -> Result<(), ()> {
         let flag = |v: &str| match v {
@@ -83,6 +121,7 @@ impl Record {
             "stale" => self.stale = flag(v)?,
             "state" => self.state = Some(BdevState::ALL.into_iter().find(|s| s.name() == v).ok_or(())?),
             "mode" => self.mode = Some(v.parse().map_err(|_| ())?),
+            "new" => self.new = flag(v)?,
             k if Identity::KEYS.contains(&k) => self.identity.assign(k, v)?,
             _ => match self.unknown.iter_mut().find(|(key, _)| key == k) {
                 Some(kv) => kv.1 = v.to_owned(),
@@ -97,17 +136,7 @@ impl Record {
     fn assignments(&self) -> Vec<(String, String)> {
         let mut out: Vec<(String, String)> = KEYS
             .iter()
-            .map(|&k| {
-                let v = match k {
-                    "layout" => self.layout.map_or("", |l| l.name()).to_owned(),
-                    "attached" => self.attached.map_or("none".to_owned(), |a| a.hyphenated().to_string()),
-                    "pending" => u8::from(self.pending).to_string(),
-                    "stale" => u8::from(self.stale).to_string(),
-                    "state" => self.state.map_or("", |s| s.name()).to_owned(),
-                    _ => self.mode.map_or("", |m| m.name()).to_owned(),
-                };
-                (k.to_owned(), v)
-            })
+            .map(|&k| (k.to_owned(), self.value(k)))
             .filter(|(_, v)| !v.is_empty())
             .collect();
         // Written out empty when unset, once recorded: a journal line can
@@ -148,6 +177,8 @@ impl Record {
         self.layout = self.layout.or(other.layout);
         self.attached = self.attached.or(other.attached);
         self.stale |= other.stale;
+        // New only if both say so.
+        self.new &= other.new;
         if other.mode == Some(CacheMode::Writeback) || self.mode.is_none() {
             self.mode = other.mode.or(self.mode);
         }
@@ -158,6 +189,7 @@ impl Record {
                 self.unknown.push((k, v));
             }
         }
+        self.normalize();
         Ok(())
     }
 }
@@ -246,6 +278,7 @@ fn parse_line(line: &str, base: &Record) -> Result<(Uuid, Record), String> {
         let (k, v) = word.split_once('=').ok_or_else(|| format!("'{word}'"))?;
         rec.assign(k, v).map_err(|_| format!("bad {k} '{v}'"))?;
     }
+    rec.normalize();
     Ok((uuid, rec))
 }
 
@@ -259,6 +292,9 @@ impl fmt::Display for State {
             }
             if let Some(a) = r.attached {
                 write!(f, " attached={}", a.hyphenated())?;
+            }
+            if r.new {
+                f.write_str(" new=1")?;
             }
             if r.pending {
                 f.write_str(" pending=1")?;
@@ -413,6 +449,7 @@ mod tests {
                 stale: true,
                 state: Some(BdevState::Dirty),
                 mode: Some(CacheMode::Writeback),
+                new: false,
                 identity: Identity {
                     sectors: Some(4096),
                     disk: Some(crate::tab::identity::DiskId::Serial("QM 1".into())),
@@ -563,6 +600,73 @@ mod tests {
         // Nothing merges into a copy.
         initramfs.update(a, "a test", |r| r.stale = false).unwrap();
         assert!(!merge_journal(&initramfs).unwrap());
+    }
+
+    fn record(path: &Path, u: Uuid) -> Record {
+        State::load(path).unwrap().get(&u).cloned().unwrap_or_default()
+    }
+
+    /// Finding: a record without `attached=` counted as never attached
+    /// however it was made, and a device a set held data for was
+    /// registered as new to it (the kernel drops the set's slot for it).
+    #[test]
+    fn records_made_otherwise_than_by_adopt_do_not_prove_a_device_new() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("state");
+        let j = dir.path().join("state.journal");
+        let st = store(&p, &j);
+        let (set, mut n) = (Uuid::from_u128(9), 0);
+        let mut fresh = || {
+            n += 1;
+            Uuid::from_u128(n)
+        };
+        // A refused attach undone over no record (transition::undo_attach).
+        let u = fresh();
+        st.update(u, "a test", |r| crate::tab::rules::ahead_of_attach(r, set)).unwrap();
+        st.update(u, "a test", |r| *r = Record::default()).unwrap();
+        assert!(!record(&p, u).proves_never_attached());
+        // tab identify of a device with no record.
+        let u = fresh();
+        st.update(u, "a test", |r| r.identity.sectors = Some(8)).unwrap();
+        assert!(!record(&p, u).proves_never_attached());
+        // The kernel's event for a uuid with no record.
+        let u = fresh();
+        st.record_fact(u, "a test", |r| r.mode = Some(CacheMode::Writeback)).unwrap();
+        assert!(!record(&p, u).proves_never_attached());
+        // A journal line for a uuid with no record.
+        let u = fresh();
+        fs::write(&j, format!("{} layout=raw sectors=8\n", u.hyphenated())).unwrap();
+        assert!(merge_journal(&st).unwrap());
+        assert!(!record(&p, u).proves_never_attached());
+        // A state file written before the mark.
+        let old = State::parse(&format!("{HEADER}\n{} layout=raw sectors=8\n", u.hyphenated()), &p).unwrap();
+        assert!(!old.get(&u).unwrap().proves_never_attached());
+        // adopt's fresh declaration: new until a set is named, and not
+        // again after a detach (the set's journal may lose its end).
+        let u = fresh();
+        st.update(u, "a test", |r| r.new = true).unwrap();
+        assert!(record(&p, u).proves_never_attached());
+        assert!(fs::read_to_string(&p).unwrap().contains(&format!("{} new=1", u.hyphenated())));
+        st.update(u, "a test", |r| crate::tab::rules::ahead_of_attach(r, set)).unwrap();
+        assert!(!record(&p, u).new, "{:?}", record(&p, u));
+        st.update(u, "a test", |r| r.attached = None).unwrap();
+        assert!(!record(&p, u).proves_never_attached());
+    }
+
+    #[test]
+    fn the_new_mark_round_trips_and_goes_with_a_set() {
+        let u = "00000000-0000-0000-0000-000000000001";
+        let set = "00000000-0000-0000-0000-000000000009";
+        let s = State::parse(&format!("{HEADER}\n{u} layout=raw new=1 sectors=8\n"), Path::new("s")).unwrap();
+        assert!(s.get(&Uuid::from_u128(1)).unwrap().proves_never_attached());
+        assert_eq!(State::parse(&s.to_string(), Path::new("s")).unwrap(), s);
+        // A set named: new to no set, whatever the line says.
+        let s = State::parse(&format!("{HEADER}\n{u} new=1 attached={set}\n"), Path::new("s")).unwrap();
+        assert!(!s.get(&Uuid::from_u128(1)).unwrap().new);
+        assert!(!s.to_string().contains("new="), "{s}");
+        // Two records of one device: new only if both say so.
+        let s = State::parse(&format!("{HEADER}\n{u} new=1\n{u} sectors=8\n"), Path::new("s")).unwrap();
+        assert!(!s.get(&Uuid::from_u128(1)).unwrap().new);
     }
 
     #[test]

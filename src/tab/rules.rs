@@ -41,9 +41,12 @@ pub struct Registration {
 /// |---------------------------------|------------------------------|-------------|
 /// | stale                           | stale                        | stale       |
 /// | a set (attached, or pending)    | dirty                        | clean       |
-/// | never attached (file, not copy) | none                         | none        |
-/// | nothing, or a copy              | dirty                        | stale       |
+/// | new (adopt's, not a copy)       | none                         | none        |
+/// | nothing, no mark, or a copy     | dirty                        | stale       |
 ///
+/// "new" is adopt's mark on a device it declared under a uuid of its own
+/// making ([`Record::proves_never_attached`]); a record without it (made
+/// otherwise, or before the mark) proves nothing of what a set holds.
 /// State none with a set is sent only for a device proved never attached:
 /// the patched module refuses it where the set holds a slot (the attach
 /// would drop the slot), and clean would make a device that never had a
@@ -86,8 +89,9 @@ pub fn registration(
     // have left dirty data in the set whatever bcachetab says now.
     let may_be_dirty = mode == CacheMode::Writeback
         || record.is_some_and(|r| r.mode == Some(CacheMode::Writeback) || r.state == Some(BdevState::Dirty));
-    // Proved new to every set by an up-to-date record.
-    let never_attached = !is_copy && record.is_some() && attached.is_none();
+    // Proved new to every set by an up-to-date record that adopt declared
+    // fresh: a record made any other way may be a device a set holds.
+    let never_attached = !is_copy && record.is_some_and(Record::proves_never_attached);
     let state = match set_uuid {
         None => BdevState::None,
         Some(_) if stale && is_copy && may_be_dirty => return Err(ApplyError::StaleCopy),
@@ -217,7 +221,8 @@ mod tests {
     }
 
     fn rec(attached: Option<u128>, stale: bool, layout: Layout) -> Record {
-        Record { layout: Some(layout), attached: attached.map(Uuid::from_u128), stale, ..Record::default() }
+        // Without a set: as adopt declares a device.
+        Record { layout: Some(layout), attached: attached.map(Uuid::from_u128), stale, new: attached.is_none(), ..Record::default() }
     }
 
     #[test]
@@ -229,6 +234,11 @@ mod tests {
         assert_eq!(state(Some(&rec(Some(9), false, Layout::Raw)), false).unwrap(), BdevState::Dirty);
         // Known never attached: attach afresh.
         assert_eq!(state(Some(&rec(None, false, Layout::Raw)), false).unwrap(), BdevState::None);
+        // Finding: a record without adopt's mark (a refused attach undone,
+        // tab identify, an event for a device with no record, adopt
+        // --uuid, a state file from before the mark) proves nothing.
+        let unmarked = Record { new: false, ..rec(None, false, Layout::Raw) };
+        assert_eq!(state(Some(&unmarked), false).unwrap(), BdevState::Dirty);
         // ...but a copy may predate the attach.
         assert_eq!(state(Some(&rec(None, false, Layout::Raw)), true).unwrap(), BdevState::Dirty);
         assert_eq!(state(Some(&rec(Some(9), true, Layout::Raw)), false).unwrap(), BdevState::Stale);
@@ -246,6 +256,8 @@ mod tests {
         assert_eq!(state(None), BdevState::Stale);
         // Known never attached: new to the set.
         assert_eq!(state(Some(&rec(None, false, Layout::Raw))), BdevState::None);
+        let unmarked = Record { new: false, ..rec(None, false, Layout::Raw) };
+        assert_eq!(state(Some(&unmarked)), BdevState::Stale);
         // Switched from writeback in bcachetab while the kernel last said dirty.
         let was_dirty = Record { state: Some(BdevState::Dirty), ..rec(Some(9), false, Layout::Raw) };
         assert_eq!(state(Some(&was_dirty)), BdevState::Dirty);
