@@ -321,7 +321,15 @@ impl fmt::Display for State {
 }
 
 /// Where the state lives: the file, and the journal that takes what is
-/// recorded while the file is an initramfs's copy.
+/// recorded while the file is an initramfs's copy, or a fact the file
+/// could not take.
+///
+/// The journal's lines are changes in the order they were made, each over
+/// the record as it was then. Every change of the system's file merges a
+/// journal first, under both locks (the journal's, then the file's), so a
+/// line is never applied over a change made after it: the file written
+/// directly after switch_root, or once a read-only /var is writable again,
+/// takes the journal before its own change.
 #[derive(Debug, Clone, Copy)]
 pub struct Store<'a> {
     pub path: &'a Path,
@@ -341,7 +349,11 @@ impl Store<'_> {
     /// [`Store::update`] for what the kernel has done already (a state
     /// change it reported): when the file cannot be written (or locked, or
     /// read), the change still goes to the journal, merged by the next
-    /// command that can write the file, and the error is returned.
+    /// command that can write the file, and the error is returned. The
+    /// journal's line holds what the change did to the record as the file
+    /// and the journal say it is, and every key the change sets whatever
+    /// the record said (an attach seen clears a stale mark) when that
+    /// record is not known for sure (a copy, a file that cannot be read).
     pub fn record_fact(&self, uuid: Uuid, what: &str, mut change: impl FnMut(&mut Record)) -> Result<(), StateError> {
         self.change(uuid, what, &mut change, true)
     }
@@ -351,38 +363,169 @@ impl Store<'_> {
         uuid: Uuid,
         what: &str,
         change: &mut dyn FnMut(&mut Record),
-        journal_on_failure: bool,
+        fact: bool,
     ) -> Result<(), StateError> {
         let failed = |path: &Path, error: io::Error| StateError::WriteAhead {
             path: path.to_owned(),
             what: format!("{what} of {uuid}"),
             error,
         };
-        let line = |before: &Record, after: &Record| format!("{} {}\n", uuid.hyphenated(), before.delta(after).join(" "));
+        let line = |words: Vec<String>| format!("{} {}\n", uuid.hyphenated(), words.join(" "));
+        // Taken even when the file's lock cannot be (a read-only /var): a
+        // fact journaled then keeps its place among the others.
+        let _order = journal_lock(self.journal);
         let mut journaled = false;
         let result = (|| {
             let _lock = Lock::take(self.path).map_err(|PathError(p, error)| failed(&p, error))?;
+            let existed = fs::symlink_metadata(self.path).is_ok();
             let mut state = State::load(self.path)?;
+            let text = read_journal(self.journal).map_err(|e| failed(self.journal, e))?;
+            // What the journal holds was recorded before this change: in
+            // first, in a write of its own (a crash before the journal is
+            // removed applies it again over the same file, which gives the
+            // same file).
+            if existed && !state.is_copy && !text.trim().is_empty() {
+                apply_journal(&mut state, &text, self.journal)?;
+                write_atomically(self.path, state.to_string().as_bytes()).map_err(|e| failed(self.path, e))?;
+                remove_journal(self.journal).map_err(|e| failed(self.journal, e))?;
+            }
             let before = state.records.get(&uuid).cloned();
             let rec = state.records.entry(uuid).or_default();
             change(rec);
-            if before.as_ref() == Some(rec) {
-                return Ok(());
+            rec.normalize();
+            let after = rec.clone();
+            // A copy's changes go to the journal for the system's file; so
+            // do changes of a file that is not there while a journal is (a
+            // /var not mounted yet), to keep their order with its lines.
+            if state.is_copy || (!existed && !text.trim().is_empty()) {
+                let before = before.clone().unwrap_or_default();
+                let sets = if fact { assigned_keys(change) } else { Vec::new() };
+                let words = journal_words(&before, &after, &sets, &journal_view(&text, &uuid).1);
+                if !words.is_empty() {
+                    append_journal(self.journal, &line(words)).map_err(|e| failed(self.journal, e))?;
+                    journaled = true;
+                }
             }
-            if state.is_copy {
-                append_journal(self.journal, &line(&before.unwrap_or_default(), rec)).map_err(|e| failed(self.journal, e))?;
-                journaled = true;
+            if before.as_ref() == Some(&after) {
+                return Ok(());
             }
             write_atomically(self.path, state.to_string().as_bytes()).map_err(|e| failed(self.path, e))
         })();
-        if result.is_err() && journal_on_failure && !journaled {
-            // The file's record unknown: the change over an empty one.
-            let mut rec = Record::default();
-            change(&mut rec);
-            append_journal(self.journal, &line(&Record::default(), &rec)).map_err(|e| failed(self.journal, e))?;
+        if result.is_err() && fact && !journaled {
+            let text = read_journal(self.journal).unwrap_or_default();
+            // The record as the file and the journal say, when the file can
+            // be read (a read-only /var can): the line then is exact, for
+            // the journal is merged into this file before anything else
+            // changes it. Otherwise what the journal alone says of it.
+            let there = fs::symlink_metadata(self.path).is_ok();
+            let known = State::load(self.path).ok().filter(|s| there && !s.is_copy).and_then(|mut s| {
+                apply_journal(&mut s, &text, self.journal).ok()?;
+                Some(s.records.get(&uuid).cloned().unwrap_or_default())
+            });
+            let exact = known.is_some();
+            let (view, last) = journal_view(&text, &uuid);
+            let before = known.unwrap_or(view);
+            let mut after = before.clone();
+            change(&mut after);
+            after.normalize();
+            let sets = if exact { Vec::new() } else { assigned_keys(change) };
+            let words = journal_words(&before, &after, &sets, &last);
+            if !words.is_empty() {
+                append_journal(self.journal, &line(words)).map_err(|e| failed(self.journal, e))?;
+            }
         }
         result
     }
+}
+
+/// The lock that orders the changes of a store and its journal
+/// (JOURNAL.lock beside the journal), when it can be taken.
+fn journal_lock(journal: &Path) -> Option<Lock> {
+    // Lock::take replaces the path's last extension with "lock".
+    let mut name = journal.as_os_str().to_owned();
+    name.push(".order");
+    Lock::take(Path::new(&name)).ok()
+}
+
+fn read_journal(journal: &Path) -> io::Result<String> {
+    match fs::read_to_string(journal) {
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(String::new()),
+        r => r,
+    }
+}
+
+fn remove_journal(journal: &Path) -> io::Result<()> {
+    match fs::remove_file(journal) {
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        r => r,
+    }
+}
+
+/// The keys a change sets whatever the record held (those it gives the
+/// same value in a record with every mark and one with none): what a fact
+/// asserts, where the record it applies to is not known for sure.
+fn assigned_keys(change: &mut dyn FnMut(&mut Record)) -> Vec<&'static str> {
+    let mut low = Record::default();
+    let mut high = Record {
+        layout: Some(Layout::Header),
+        attached: Some(Uuid::from_u128(u128::MAX)),
+        pending: true,
+        stale: true,
+        state: Some(BdevState::Dirty),
+        mode: Some(CacheMode::Writeback),
+        new: true,
+        ..Record::default()
+    };
+    change(&mut low);
+    change(&mut high);
+    KEYS.into_iter().filter(|k| low.value(k) == high.value(k)).collect()
+}
+
+/// A journal line's words: what `after` changed of `before`, and the keys
+/// of `sets` as `after` has them, unless the journal says so last already
+/// (`last`).
+fn journal_words(before: &Record, after: &Record, sets: &[&str], last: &BTreeMap<String, String>) -> Vec<String> {
+    let mut words = before.delta(after);
+    for &k in sets {
+        let v = after.value(k);
+        let said = words.iter().any(|w| w.split_once('=').is_some_and(|(key, _)| key == k));
+        if !v.is_empty() && !said && last.get(k) != Some(&v) {
+            words.push(format!("{k}={v}"));
+        }
+    }
+    words
+}
+
+/// What the journal alone says of `uuid`: its lines applied over an empty
+/// record, and the last value of each key they set. Damaged lines are
+/// left out (the merge reports them).
+fn journal_view(text: &str, uuid: &Uuid) -> (Record, BTreeMap<String, String>) {
+    let mut rec = Record::default();
+    let mut last = BTreeMap::new();
+    for line in text.lines() {
+        let mut words = line.split_ascii_whitespace();
+        if words.next().and_then(|w| w.parse::<Uuid>().ok()).as_ref() != Some(uuid) {
+            continue;
+        }
+        if let Ok((_, r)) = parse_line(line, &rec) {
+            rec = r;
+            last.extend(words.filter_map(|w| w.split_once('=')).map(|(k, v)| (k.to_owned(), v.to_owned())));
+        }
+    }
+    (rec, last)
+}
+
+/// Applies a journal's lines to a state, in their order: each sets the
+/// keys it holds over the record as it is.
+fn apply_journal(state: &mut State, text: &str, journal: &Path) -> Result<(), StateError> {
+    for (i, line) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
+        let damaged = |what: String| StateError::Damaged { path: journal.to_owned(), line: i + 1, what };
+        let uuid = line.split_ascii_whitespace().next().and_then(|w| w.parse::<Uuid>().ok());
+        let base = uuid.and_then(|u| state.records.get(&u)).cloned().unwrap_or_default();
+        let (uuid, rec) = parse_line(line, &base).map_err(damaged)?;
+        state.records.insert(uuid, rec);
+    }
+    Ok(())
 }
 
 fn append_journal(journal: &Path, line: &str) -> io::Result<()> {
@@ -395,13 +538,16 @@ fn append_journal(journal: &Path, line: &str) -> io::Result<()> {
     f.sync_all()
 }
 
-/// Applies the journal an initramfs left under /run to the system's state
-/// file, then removes it; true when there was one. Its lines are changes
-/// made at this boot on a copy that may be older than the file: each key
-/// is set over the file's record, so what happened since the copy was made
-/// stays. Applying a journal twice (a crash before its removal) gives the
-/// same file. Nothing is merged into a copy.
+/// Applies the journal an initramfs (or a fact the file could not take)
+/// left under /run to the system's state file, then removes it; true when
+/// there was one. Its lines are changes made at this boot, after what the
+/// file holds (every write of the file merges the journal first): each
+/// key is set over the file's record, so what happened since a copy was
+/// made and the journal does not say stays. Applying a journal twice (a
+/// crash before its removal) gives the same file. Nothing is merged into a
+/// copy.
 pub fn merge_journal(store: &Store) -> Result<bool, StateError> {
+    let _order = journal_lock(store.journal);
     let text = match fs::read_to_string(store.journal) {
         Ok(t) => t,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(false),
@@ -416,15 +562,9 @@ pub fn merge_journal(store: &Store) -> Result<bool, StateError> {
     if state.is_copy {
         return Ok(false);
     }
-    for (i, line) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
-        let damaged = |what: String| StateError::Damaged { path: store.journal.to_owned(), line: i + 1, what };
-        let uuid = line.split_ascii_whitespace().next().and_then(|w| w.parse::<Uuid>().ok());
-        let base = uuid.and_then(|u| state.records.get(&u)).cloned().unwrap_or_default();
-        let (uuid, rec) = parse_line(line, &base).map_err(damaged)?;
-        state.records.insert(uuid, rec);
-    }
+    apply_journal(&mut state, &text, store.journal)?;
     state.save(store.path)?;
-    fs::remove_file(store.journal).map_err(|e| StateError::Io(store.journal.to_owned(), e))?;
+    remove_journal(store.journal).map_err(|e| StateError::Io(store.journal.to_owned(), e))?;
     Ok(true)
 }
 
@@ -667,6 +807,138 @@ mod tests {
         // Two records of one device: new only if both say so.
         let s = State::parse(&format!("{HEADER}\n{u} new=1\n{u} sectors=8\n"), Path::new("s")).unwrap();
         assert!(!s.get(&Uuid::from_u128(1)).unwrap().new);
+    }
+
+    /// Finding: the journal's lines were applied over the file in the order
+    /// merged: a change written to the file directly after switch_root
+    /// (or once /var was writable again) was undone by an older line.
+    #[test]
+    fn a_direct_write_after_the_journal_is_not_undone_by_its_older_lines() {
+        let dir = tempfile::tempdir().unwrap();
+        let copy = dir.path().join("copy");
+        let system = dir.path().join("system");
+        let journal = dir.path().join("run/state.journal");
+        let (u, set) = (Uuid::from_u128(1), Uuid::from_u128(9));
+        let line = format!("{} layout=raw attached={} mode=writethrough", u.hyphenated(), set.hyphenated());
+        let (initramfs, sys) = (store(&copy, &journal), store(&system, &journal));
+        // The initramfs saw the attach (a fresh slot, stale mark dropped);
+        // then the system ran the device without its set (stale again).
+        fs::write(&copy, format!("{COPY_HEADER}\n{line} stale=1\n")).unwrap();
+        fs::write(&system, format!("{HEADER}\n{line} stale=1\n")).unwrap();
+        initramfs.record_fact(u, "a test", |r| crate::tab::rules::confirm_attach(r, set)).unwrap();
+        sys.update(u, "a test", crate::tab::rules::mark_stale).unwrap();
+        assert!(!journal.exists(), "the direct write did not take the journal first");
+        merge_journal(&sys).unwrap();
+        assert!(record(&system, u).stale, "the older attach dropped the newer stale mark");
+        // The other way round: the initramfs ran it without its set, then
+        // the system saw it attached afresh.
+        fs::write(&copy, format!("{COPY_HEADER}\n{line}\n")).unwrap();
+        fs::write(&system, format!("{HEADER}\n{line}\n")).unwrap();
+        initramfs.update(u, "a test", crate::tab::rules::mark_stale).unwrap();
+        sys.record_fact(u, "a test", |r| crate::tab::rules::confirm_attach(r, set)).unwrap();
+        merge_journal(&sys).unwrap();
+        assert!(!record(&system, u).stale, "the older stale mark would drop the fresh slot's data");
+    }
+
+    /// A crash after the merged file is written and before the journal is
+    /// removed: the journal is applied again over the same file first, and
+    /// the change that follows it stays.
+    #[test]
+    fn a_journal_merged_twice_gives_the_same_file_and_keeps_what_came_after() {
+        let dir = tempfile::tempdir().unwrap();
+        let system = dir.path().join("system");
+        let journal = dir.path().join("state.journal");
+        let (u, set) = (Uuid::from_u128(1), Uuid::from_u128(9));
+        fs::write(&system, format!("{HEADER}\n{} layout=raw attached={} stale=1\n", u.hyphenated(), set.hyphenated()))
+            .unwrap();
+        let lines = format!("{} pending=0 stale=0\n{} state=clean\n", u.hyphenated(), u.hyphenated());
+        fs::write(&journal, &lines).unwrap();
+        let sys = store(&system, &journal);
+        merge_journal(&sys).unwrap();
+        let once = fs::read_to_string(&system).unwrap();
+        fs::write(&journal, &lines).unwrap();
+        merge_journal(&sys).unwrap();
+        assert_eq!(fs::read_to_string(&system).unwrap(), once);
+        fs::write(&journal, &lines).unwrap();
+        sys.update(u, "a test", crate::tab::rules::mark_stale).unwrap();
+        let r = record(&system, u);
+        assert!(r.stale && r.state == Some(BdevState::Stale), "{r:?}");
+        assert!(!journal.exists());
+    }
+
+    /// Finding: a fact the file could not take was journaled over an empty
+    /// record, so what it cleared (a stale mark, the set at a detach's end)
+    /// was not in its line, and the merge kept the file's old marks.
+    #[test]
+    fn a_fact_the_file_could_not_take_is_journaled_against_its_record() {
+        let dir = tempfile::tempdir().unwrap();
+        let system = dir.path().join("state");
+        let journal = dir.path().join("run/state.journal");
+        let (u, set) = (Uuid::from_u128(1), Uuid::from_u128(9));
+        let sys = store(&system, &journal);
+        let marked = format!("{HEADER}\n{} layout=raw attached={} pending=1 stale=1\n", u.hyphenated(), set.hyphenated());
+        fs::write(&system, &marked).unwrap();
+        // Readable, but no change can be made (the lock cannot be taken,
+        // as on a read-only /var).
+        let blocker = dir.path().join("state.lock");
+        fs::create_dir(&blocker).unwrap();
+        assert!(sys.record_fact(u, "a test", |r| crate::tab::rules::confirm_attach(r, set)).is_err());
+        assert_eq!(fs::read_to_string(&journal).unwrap(), format!("{} pending=0 stale=0\n", u.hyphenated()));
+        // Nothing more to say: no second line.
+        assert!(sys.record_fact(u, "a test", |r| crate::tab::rules::confirm_attach(r, set)).is_err());
+        assert_eq!(fs::read_to_string(&journal).unwrap().lines().count(), 1);
+        // The detach's end, over the record the journal makes of it.
+        let detached = |r: &mut Record| {
+            r.attached = None;
+            r.pending = false;
+            r.stale = false;
+            r.state = Some(BdevState::None);
+        };
+        assert!(sys.record_fact(u, "a test", detached).is_err());
+        fs::remove_dir(&blocker).unwrap();
+        assert!(merge_journal(&sys).unwrap());
+        let r = record(&system, u);
+        assert!(r.attached.is_none() && !r.stale && !r.pending, "{r:?}");
+
+        // A file that cannot be read at all: the line holds every key the
+        // fact sets, whatever the record said.
+        fs::write(&system, &marked).unwrap();
+        let hidden = dir.path().join("state.hidden");
+        fs::rename(&system, &hidden).unwrap();
+        fs::create_dir(&system).unwrap();
+        assert!(sys.record_fact(u, "a test", |r| crate::tab::rules::confirm_attach(r, set)).is_err());
+        let text = fs::read_to_string(&journal).unwrap();
+        assert_eq!(text, format!("{} attached={} pending=0 stale=0\n", u.hyphenated(), set.hyphenated()));
+        fs::remove_dir(&system).unwrap();
+        fs::rename(&hidden, &system).unwrap();
+        assert!(merge_journal(&sys).unwrap());
+        let r = record(&system, u);
+        assert!(r.attached == Some(set) && !r.stale && !r.pending, "{r:?}");
+    }
+
+    /// A fact seen in the initramfs that its copy already held (the copy
+    /// predates a stale mark the system's file has): its line says what
+    /// the fact sets, once.
+    #[test]
+    fn a_fact_in_a_copy_is_journaled_even_when_the_copy_already_held_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let copy = dir.path().join("copy");
+        let system = dir.path().join("system");
+        let journal = dir.path().join("state.journal");
+        let (u, set) = (Uuid::from_u128(1), Uuid::from_u128(9));
+        let line = format!("{} layout=raw attached={}", u.hyphenated(), set.hyphenated());
+        fs::write(&copy, format!("{COPY_HEADER}\n{line}\n")).unwrap();
+        fs::write(&system, format!("{HEADER}\n{line} stale=1\n")).unwrap();
+        let initramfs = store(&copy, &journal);
+        initramfs.record_fact(u, "a test", |r| crate::tab::rules::confirm_attach(r, set)).unwrap();
+        initramfs.record_fact(u, "a test", |r| crate::tab::rules::confirm_attach(r, set)).unwrap();
+        assert_eq!(fs::read_to_string(&journal).unwrap().lines().count(), 1);
+        merge_journal(&store(&system, &journal)).unwrap();
+        assert!(!record(&system, u).stale);
+        // A write-ahead change that changes nothing of the copy journals
+        // nothing.
+        initramfs.update(u, "a test", |r| r.layout = Some(Layout::Raw)).unwrap();
+        assert!(!journal.exists());
     }
 
     #[test]
