@@ -95,7 +95,11 @@ pub struct AdoptArgs {
     /// In writeback mode, name the device by a name that may find another
     /// disk after a reboot (a kernel name such as /dev/sdb, when it has no
     /// stable one): at a boot where it does, that disk is refused, since it
-    /// is not the disk recorded at adoption.
+    /// is not the disk recorded at adoption. Also adopt a device with no
+    /// serial, wwid, PARTUUID or file system in writeback, or one of the
+    /// size of another line's such device where a cache set may hold data
+    /// for either: its size is then all that tells it from another disk
+    /// under its name.
     #[arg(long)]
     force: bool,
     #[command(flatten)]
@@ -227,8 +231,11 @@ pub struct IdentifyArgs {
     #[arg(value_name = "NAME|UUID|DEVICE", required = true)]
     devices: Vec<String>,
     /// Record a device that differs in more than its size (another disk id,
-    /// partition or file system): only for the line's own device changed,
-    /// never for another disk found under its name.
+    /// partition or file system), or that cannot be told from another
+    /// line's device (neither has a serial, wwid, PARTUUID or file system,
+    /// both have one size, and a cache set may hold data for one of them):
+    /// only for the line's own device changed, never for another disk
+    /// found under its name.
     #[arg(long)]
     force: bool,
     #[command(flatten)]

@@ -51,6 +51,19 @@ pub enum AdoptError {
          pass --force (then at a boot where the name finds another disk, that disk is refused, not registered)"
     )]
     Unstable { dev: String, spec: DeviceSpec, why: &'static str },
+    #[error(
+        "{dev}: has no serial or wwid, no PARTUUID and no file system: its identity would be its size only, and at a \
+         boot where its name finds another such disk of that size, that disk would be registered in its place and this \
+         device's dirty data written onto it: give it a partition table or a file system first, or pass --force"
+    )]
+    NoIdentity { dev: String },
+    #[error(
+        "{dev}: cannot be told from the device of {at} (neither has a serial, wwid, PARTUUID or file system, both are \
+         {sectors} sectors, and a cache set may hold data for one of them): if it is that device under another name, \
+         bcache tab apply {line} brings it up; if not, give one of them a partition table or a file system, or pass \
+         --force"
+    )]
+    Indistinguishable { dev: String, at: String, sectors: u64, line: String },
     #[error("{dev}: {spec} names {found}, not this device: {next}")]
     SpecElsewhere { dev: String, spec: DeviceSpec, found: String, next: &'static str },
     #[error("{0} (unmount it and stop what uses it first)")]
@@ -169,6 +182,19 @@ pub fn declare(env: &Env, req: &Request) -> Result<Declared, AdoptError> {
         );
         return Err(AdoptError::Already { dev: shown, at: e.at(&tab.path), spec: e.device.clone(), next });
     }
+    // A blank identity (its size only) tells it from no other blank disk of
+    // that size: not another line's where a set may hold data for either
+    // (it may be that line's device under a new name), and never a
+    // writeback device's but by --force.
+    let with_set = req.cache.is_some() || req.cset.is_some();
+    if let Some(e) = indistinguishable_from(&tab, &state, &now, with_set).filter(|_| !req.force) {
+        let line = e.name.clone().unwrap_or_else(|| e.uuid.hyphenated().to_string());
+        let sectors = now.sectors.unwrap_or_default();
+        return Err(AdoptError::Indistinguishable { dev: shown, at: e.at(&tab.path), sectors, line });
+    }
+    if options.mode == CacheMode::Writeback && now.is_blank() && !req.force {
+        return Err(AdoptError::NoIdentity { dev: shown });
+    }
     let spec = given.clone().unwrap_or_else(|| stable_spec(&real, &resolver));
     if options.mode == CacheMode::Writeback && !spec.is_stable() && !req.force {
         let why = if given.is_some() {
@@ -264,6 +290,20 @@ fn recorded_as<'t>(tab: &'t Tab, state: &State, now: &Identity) -> Option<&'t En
     tab.entries.iter().find(|e| state.get(&e.uuid).is_some_and(|r| r.identity.same_device(now)))
 }
 
+/// A line whose record is as blank as `now` and of its size, where a
+/// cache set may hold data for either (`with_set`: the device `now` is
+/// has one): its device and this one cannot be told apart, and a swap
+/// would serve one's cached data as the other's. Without a set a swap
+/// only shows each disk under the other's name, as it would without
+/// bcache.
+pub(crate) fn indistinguishable_from<'t>(tab: &'t Tab, state: &State, now: &Identity, with_set: bool) -> Option<&'t Entry> {
+    tab.entries.iter().find(|e| {
+        state.get(&e.uuid).is_some_and(|r| {
+            r.identity.indistinguishable(now) && (with_set || e.cset.is_some() || r.attached.is_some())
+        })
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -292,5 +332,28 @@ mod tests {
         let now = |s: &str| Identity { sectors: Some(8), disk: Some(DiskId::Serial(s.into())), ..Identity::default() };
         assert_eq!(recorded_as(&tab, &state, &now("disk-a")).map(|e| e.line), Some(2));
         assert!(recorded_as(&tab, &state, &now("disk-b")).is_none(), "a record without a line is no line");
+    }
+
+    /// Finding: two blank disks (no serial, PARTUUID or file system) of one
+    /// size had one identity: a blank device is no line's by its identity,
+    /// and is found indistinguishable from a line's blank record.
+    #[test]
+    fn a_blank_device_is_no_lines_by_identity_and_indistinguishable_from_a_blank_record() {
+        let tab = Tab::parse(
+            "a /dev/vda 00000000-0000-4000-8000-000000000001 -\nb /dev/vdb 00000000-0000-4000-8000-000000000002 -\n\
+             c /dev/vdc 00000000-0000-4000-8000-000000000003 00000000-0000-4000-8000-000000000009\n",
+            Path::new("/etc/bcachetab"),
+        );
+        let text = "00000000-0000-4000-8000-000000000001 sectors=16 disk=serial:disk-a\n\
+                    00000000-0000-4000-8000-000000000002 sectors=8\n\
+                    00000000-0000-4000-8000-000000000003 sectors=4\n";
+        let state = State::parse(text, Path::new("state")).unwrap();
+        let blank = |sectors| Identity { sectors: Some(sectors), ..Identity::default() };
+        assert!(recorded_as(&tab, &state, &blank(8)).is_none());
+        assert_eq!(indistinguishable_from(&tab, &state, &blank(8), true).map(|e| e.line), Some(2));
+        assert!(indistinguishable_from(&tab, &state, &blank(16), true).is_none(), "another size");
+        // No set for either: a swap caches nothing under the wrong uuid.
+        assert!(indistinguishable_from(&tab, &state, &blank(8), false).is_none());
+        assert_eq!(indistinguishable_from(&tab, &state, &blank(4), false).map(|e| e.line), Some(3));
     }
 }

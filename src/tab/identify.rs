@@ -4,6 +4,7 @@
 
 use std::path::Path;
 
+use crate::tab::adopt::indistinguishable_from;
 use crate::tab::env::{ApplyError, Env};
 use crate::tab::file::{Entry, Tab};
 use crate::tab::identity::{check, content_uuid, Identity, Mismatch, Now, Verdict};
@@ -30,6 +31,12 @@ pub enum IdentifyError {
          this boot? (bcache tab list shows what each line finds)"
     )]
     OtherLine { dev: String, at: String, identity: String },
+    #[error(
+        "{dev} cannot be told from the device of {at} (neither has a serial, wwid, PARTUUID or file system, both are \
+         {sectors} sectors, and a cache set may hold data for one of them): it may be that line's device under another \
+         name; if it is this line's, record it with bcache tab identify --force"
+    )]
+    Indistinguishable { dev: String, at: String, sectors: u64 },
     #[error(transparent)]
     Mismatch(#[from] Mismatch),
     #[error(transparent)]
@@ -48,6 +55,14 @@ pub fn record(env: &Env, tab: &Tab, entry: &Entry, dev: &Path, force: bool) -> R
     if let Some(e) = tab.entries.iter().find(is_theirs) {
         let (dev, at) = (now.dev.display().to_string(), e.at(&tab.path));
         return Err(IdentifyError::OtherLine { dev, at, identity: identity.to_string() });
+    }
+    // A blank identity (its size only) names no other line's device, nor
+    // proves it is not one.
+    let with_set = entry.cset.is_some() || state.get(&entry.uuid).is_some_and(|r| r.attached.is_some());
+    let others = Tab { entries: tab.entries.iter().filter(|e| e.uuid != entry.uuid).cloned().collect(), ..Tab::default() };
+    if let Some(e) = indistinguishable_from(&others, &state, &identity, with_set).filter(|_| !force) {
+        let (dev, at) = (now.dev.display().to_string(), e.at(&tab.path));
+        return Err(IdentifyError::Indistinguishable { dev, at, sectors: identity.sectors.unwrap_or_default() });
     }
     let recorded = state.get(&entry.uuid).map(|r| r.identity.clone()).unwrap_or_default();
     match check(entry, &recorded, &now) {

@@ -245,10 +245,29 @@ impl Identity {
         self.sectors.is_some()
     }
 
+    /// Recorded, with nothing that tells the device from another of its
+    /// size: no disk id (wwid, serial, loop file, dm uuid), no PARTUUID,
+    /// no file system uuid. Such an identity proves nothing: another blank
+    /// disk of that size passes [`check`] in its place.
+    pub fn is_blank(&self) -> bool {
+        self.is_recorded() && self.disk.is_none() && self.part_uuid.is_none() && self.fs_uuid.is_none()
+    }
+
+    /// Two blank identities of one size and partition number: nothing
+    /// tells their devices apart, so either may be the other's under a new
+    /// name (adopt and `tab identify` refuse it unless forced).
+    pub fn indistinguishable(&self, other: &Identity) -> bool {
+        self.is_blank() && other.is_blank() && self.sectors == other.sectors && self.partition == other.partition
+    }
+
     /// Whether two recorded identities are one device (adopting a device
     /// twice): by its disk and partition where both have a disk, else by
     /// PARTUUID. Never by content: a copy of a disk is another device.
+    /// Never for a blank identity: a size says nothing of which disk it is.
     pub fn same_device(&self, other: &Identity) -> bool {
+        if self.is_blank() || other.is_blank() {
+            return false;
+        }
         match (&self.disk, &other.disk, &self.part_uuid, &other.part_uuid) {
             (Some(a), Some(b), ..) => a == b && self.partition == other.partition,
             (_, _, Some(a), Some(b)) => a.eq_ignore_ascii_case(b),
@@ -580,6 +599,35 @@ mod tests {
         assert!(part("ab-01").same_device(&part("AB-01")));
         let content = |u: &str| Identity { sectors: Some(8), fs_uuid: Some(u.into()), ..Identity::default() };
         assert!(!content("x").same_device(&content("x")), "a copy of a disk is another device");
+    }
+
+    /// Finding: two disks with no serial, no PARTUUID, no file system and
+    /// one size have the same identity: it tells neither from the other.
+    #[test]
+    fn blank_identities_of_one_size_are_not_the_same_device_but_indistinguishable() {
+        let blank = |sectors| Identity { sectors: Some(sectors), ..Identity::default() };
+        assert!(blank(8).is_blank() && !Identity::default().is_blank(), "an identity not recorded is not blank");
+        assert!(!blank(8).same_device(&blank(8)), "a size proves nothing");
+        assert!(blank(8).indistinguishable(&blank(8)));
+        assert!(!blank(8).indistinguishable(&blank(16)), "told apart by their sizes");
+        let part = |p| Identity { partition: Some(p), ..blank(8) };
+        assert!(!part(1).indistinguishable(&part(2)));
+        for id in [
+            Identity { disk: Some(DiskId::Serial("a".into())), ..blank(8) },
+            Identity { part_uuid: Some("ab-01".into()), ..blank(8) },
+            Identity { fs_uuid: Some("f".into()), ..blank(8) },
+        ] {
+            assert!(!id.is_blank() && !id.indistinguishable(&id.clone()), "{id}");
+        }
+        // A blank record still accepts a blank device of its size: only
+        // the size can be compared (adopt refuses such a writeback device
+        // unless forced).
+        let dir = tempfile::tempdir().unwrap();
+        let sys = fake_sys("", 4096, 2048);
+        let content = |_: &Path| None;
+        let now = Now::with_sys(dir.path().join("vdb"), Some(sys.path().join("vdb")), None, &content);
+        assert!(now.identity().is_blank(), "{}", now.identity());
+        assert_eq!(check(&entry(), &blank(4096), &now), Ok(Verdict::Same));
     }
 
     #[test]
