@@ -464,8 +464,37 @@ impl KernelLog {
     /// refused to attach because their cache set has no slot for their
     /// uuid: the proof that the set holds nothing for them.
     pub fn no_slot_devices(self) -> Vec<String> {
-        self.0.messages().iter().filter_map(|m| no_slot_device(m)).map(str::to_owned).collect()
+        self.read().no_slot_devices()
     }
+
+    /// What was logged since, read once, for more than one question.
+    pub fn read(self) -> Logged {
+        Logged(self.0.messages())
+    }
+}
+
+/// The kernel's messages logged since a [`KernelLog`] was opened.
+pub struct Logged(Vec<String>);
+
+impl Logged {
+    /// See [`KernelLog::no_slot_devices`].
+    pub fn no_slot_devices(&self) -> Vec<String> {
+        self.0.iter().filter_map(|m| no_slot_device(m)).map(str::to_owned).collect()
+    }
+
+    /// The backing devices (kernel names) the kernel attached to a cache
+    /// set: "Caching DEV as bcacheN on set UUID".
+    pub fn attached_devices(&self) -> Vec<String> {
+        self.0.iter().filter_map(|m| attached_device(m)).map(str::to_owned).collect()
+    }
+}
+
+/// The device of a "bcache: bch_cached_dev_attach() Caching DEV as bcacheN
+/// on set UUID" message.
+fn attached_device(msg: &str) -> Option<&str> {
+    let rest = msg.strip_prefix("bcache: bch_cached_dev_attach() Caching ")?;
+    let (dev, rest) = rest.split_once(' ')?;
+    (rest.starts_with("as ") && rest.contains(" on set ") && !dev.is_empty()).then_some(dev)
 }
 
 impl Sysfs {
@@ -625,5 +654,17 @@ mod tests {
         assert_eq!(r("bcache: register_bcache() error : Bad UUID"), Some("Bad UUID"));
         assert_eq!(r("bcache: register_bcache() error /dev/sdb: device busy"), Some("device busy"));
         assert_eq!(r("bcache: bch_cached_dev_attach() Couldn't find uuid"), None);
+    }
+
+    #[test]
+    fn an_attach_is_read_from_the_kernels_message() {
+        let logged = Logged(vec![
+            "bcache: bch_cached_dev_attach() Caching vdb as bcache0 on set 0a9e1f4c-57d1-4bb8-a2f0-3e0c9fd1e0aa".into(),
+            "bcache: bch_cached_dev_attach() Couldn't find uuid for dm-1 in set".into(),
+            "bcache: bch_cached_dev_attach() Caching dm-0 as bcache1 on set 0a9e1f4c-57d1-4bb8-a2f0-3e0c9fd1e0aa".into(),
+            "bcache: bch_cached_dev_attach() Caching".into(),
+        ]);
+        assert_eq!(logged.attached_devices(), ["vdb", "dm-0"]);
+        assert_eq!(logged.no_slot_devices(), ["dm-1"]);
     }
 }

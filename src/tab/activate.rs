@@ -109,7 +109,8 @@ fn settle_unconfirmed(
 /// After cache devices were registered (`bcache register`, from udev):
 /// what the kernel wrote into the headers goes to the state file, and a
 /// waiting device the new set refused for want of a slot is settled
-/// (`settle_unconfirmed`). `log` is the kernel's log from before the
+/// (`settle_unconfirmed`); a device a new set attached gets its line's
+/// tunables again. `log` is the kernel's log from before the
 /// registration.
 pub fn after_caches_registered(log: Option<KernelLog>) -> Result<(), ApplyError> {
     let env = Env::default();
@@ -117,9 +118,17 @@ pub fn after_caches_registered(log: Option<KernelLog>) -> Result<(), ApplyError>
         Ok(tab) if !tab.entries.is_empty() => tab,
         _ => return Ok(()),
     };
+    // What a journal holds decides too (every registration path merges it
+    // first: tab apply, adopt's record, and this).
+    if let Err(e) = crate::tab::records::merge_journal(&env.store()) {
+        eprintln!("bcache: {e}");
+    }
     sync_headers(&env, &tab)?;
-    let no_slot = log.map(|l| l.no_slot_devices()).unwrap_or_default();
-    if no_slot.is_empty() {
+    // Read once: the refusals, and the attaches the new sets made.
+    let logged = log.map(KernelLog::read);
+    let no_slot = logged.as_ref().map(|l| l.no_slot_devices()).unwrap_or_default();
+    let attached_now = logged.as_ref().map(|l| l.attached_devices()).unwrap_or_default();
+    if no_slot.is_empty() && attached_now.is_empty() {
         return Ok(());
     }
     let st = State::load(&env.state)?;
@@ -135,7 +144,22 @@ pub fn after_caches_registered(log: Option<KernelLog>) -> Result<(), ApplyError>
             let dir = env.sysfs.backing_dir(&path.to_string_lossy(), rdev)?;
             let reg = registration(e, st.get(&e.uuid), st.is_copy, has_raw)?;
             let dir = settle_unconfirmed(&env, e, &reg, st.get(&e.uuid), &path, (&node, dir), &no_slot)?;
-            record_attachment(&env, &e.uuid, &dir)
+            record_attachment(&env, &e.uuid, &dir)?;
+            // Attached by a set that came after the device (or registered
+            // again by the settle): the line's tunables, as after a
+            // registration. The kernel's attach sets writeback_running=1
+            // whatever was written before (bch_cached_dev_writeback_start),
+            // and a device registered again has every tunable at its default.
+            let name = dir.parent().and_then(|d| fs::canonicalize(d).ok()).and_then(|d| Some(d.file_name()?.to_string_lossy().into_owned()));
+            let by_the_set = name.is_some_and(|n| attached_now.contains(&n) || no_slot.contains(&n));
+            if by_the_set && attached_set(&dir).is_some() {
+                let shown = path.to_string_lossy();
+                for t in &e.options.tunables {
+                    fault(&dir.join(t.attr), "tunable")?;
+                    env.sysfs.write(&shown, &dir.join(t.attr), &t.value)?;
+                }
+            }
+            Ok(())
         })();
         if let Err(err) = settled {
             eprintln!("bcache: {}:{}: {err}", env.tab.display(), e.line);
