@@ -46,7 +46,7 @@ fn disks(scratch: &Scratch) -> (std::path::PathBuf, std::path::PathBuf) {
 
 /// Boot 1: adopt the blank disk with its cache in writeback, write B
 /// (dirty, writeback stopped), cut the power. Returns the boot's output.
-fn adopt_write_dirty_and_cut(scratch: &Scratch, backing: &std::path::Path, cache: &std::path::Path) -> VmOutput {
+fn adopt_write_dirty_and_cut(backing: &std::path::Path, cache: &std::path::Path) -> VmOutput {
     let mut vm = guest(false);
     vm.disk(backing).disk(cache).file("/root/b", pattern(MIB as usize, 0xb), false);
     let out = vm.run(&format!(
@@ -81,7 +81,7 @@ fn line_uuid(tab: &str) -> String {
 fn tab_identify_over_no_record_keeps_the_sets_dirty_data() {
     let scratch = Scratch::new();
     let (backing, cache) = disks(&scratch);
-    let out = adopt_write_dirty_and_cut(&scratch, &backing, &cache);
+    let out = adopt_write_dirty_and_cut(&backing, &cache);
 
     // Boot 2: the state file lost; the operator records the device again.
     let mut vm = guest(false);
@@ -116,7 +116,7 @@ fn tab_identify_over_no_record_keeps_the_sets_dirty_data() {
 fn adopt_of_a_given_uuid_keeps_the_sets_dirty_data() {
     let scratch = Scratch::new();
     let (backing, cache) = disks(&scratch);
-    let out = adopt_write_dirty_and_cut(&scratch, &backing, &cache);
+    let out = adopt_write_dirty_and_cut(&backing, &cache);
     let uuid = line_uuid(&out.section("bcachetab"));
 
     // Boot 2: bcachetab and the state file both lost; adopted again by uuid.
