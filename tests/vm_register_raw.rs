@@ -8,7 +8,7 @@ mod common;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
-use common::{pattern, RES};
+use common::{pattern, RES, SAME_FILES};
 use common::vm::{Scratch, Vm};
 
 const MIB: u64 = 1 << 20;
@@ -35,17 +35,30 @@ stop_set() {
 }
 "#;
 
-/// Guest shell (with STOP_SET): a writeback device registered raw on a new
-/// cache set (vda) gets /root/data.bin written through it, all of it dirty
-/// in the cache (no sequential bypass, the writeback thread stopped); then
-/// device and set are stopped: the data is in the cache, not on vdb. Sets
-/// U and CSET.
+/// Guest shell: `no_congestion CSET` turns the set's congestion tracking
+/// off (both thresholds 0). With it on, a write that meets a cache device
+/// slower than congested_write_threshold_us (20 ms) bypasses the cache: on
+/// a loaded host (other VMs under TCG) an 8 MiB write left 356k to 6.1M
+/// of it dirty, not 8.0M, whatever the module.
+const NO_CONGESTION: &str = r#"
+no_congestion() {
+    echo 0 > /sys/fs/bcache/$1/congested_read_threshold_us
+    echo 0 > /sys/fs/bcache/$1/congested_write_threshold_us
+}
+"#;
+
+/// Guest shell (with STOP_SET and NO_CONGESTION): a writeback device
+/// registered raw on a new cache set (vda) gets /root/data.bin written
+/// through it, all of it dirty in the cache (no sequential or congestion
+/// bypass, the writeback thread stopped); then device and set are stopped:
+/// the data is in the cache, not on vdb. Sets U and CSET.
 const DIRTY_IN_CACHE: &str = r#"
 dirty_in_cache() {
     U=$1
     check make_cache bcache make -C /dev/vda
     CSET=$(bcache super-show --json /dev/vda | sed -n 's/.*"set_uuid": "\(.*\)".*/\1/p')
     check register_cache bcache register /dev/vda
+    no_congestion $CSET
     check register_raw sh -c "echo '/dev/vdb $U $CSET cache_mode=writeback' > /sys/fs/bcache/register_raw"
     B=$(bcache_of /dev/vdb)
     wait_for /sys/block/vdb/bcache/cache
@@ -123,13 +136,14 @@ fn raw_dirty_device_waits_for_its_cache_set() {
     let mut vm = patched_vm();
     vm.disk(&cache).disk(&backing).file("/root/data.bin", data.clone(), false);
     let out = vm.run(&format!(
-        r#"{RES}{STOP_SET}
+        r#"{RES}{STOP_SET}{NO_CONGESTION}
         U=0b0c0d0e-1a2b-4c3d-8e4f-5a6b7c8d9e0f
         # Record every raw-device uevent (they replace superblock writes).
         uevent sh -c '[ -n "$BCACHE_RAW" ] && echo "ev $BCACHE_STATE $BCACHE_SET_UUID $BCACHE_CACHE_MODE $BCACHE_LABEL" >> /tmp/uevents' &
         check make_cache bcache make -C /dev/vda
         CSET=$(bcache super-show --json /dev/vda | sed -n 's/.*"set_uuid": "\(.*\)".*/\1/p')
         check register_cache bcache register /dev/vda
+        no_congestion $CSET
         check register_raw sh -c "echo '/dev/vdb $U $CSET cache_mode=writeback label=raw1' > /sys/fs/bcache/register_raw"
         B=$(bcache_of /dev/vdb)
         wait_for /sys/block/vdb/bcache/cache
@@ -416,7 +430,7 @@ fn raw_state_none_is_refused_while_the_set_holds_dirty_data() {
     vm.disk(&scratch.image("cache.img", 300 * MIB)).disk(&scratch.image("backing.img", 64 * MIB));
     vm.file("/root/data.bin", pattern(DIRTY_LEN, 0xd1d2), false);
     let out = vm.run(&format!(
-        r#"{RES}{STOP_SET}{DIRTY_IN_CACHE}
+        r#"{RES}{STOP_SET}{NO_CONGESTION}{DIRTY_IN_CACHE}
         dirty_in_cache 4d4d4d4d-1a2b-4c3d-8e4f-5a6b7c8d9e01
         check register_cache_again bcache register /dev/vda
         kmsg_mark none
@@ -460,7 +474,7 @@ fn raw_state_none_device_does_not_take_the_slot_of_a_set_registered_after_it() {
     vm.disk(&scratch.image("cache.img", 300 * MIB)).disk(&scratch.image("backing.img", 64 * MIB));
     vm.file("/root/data.bin", pattern(DIRTY_LEN, 0xd1d3), false);
     let out = vm.run(&format!(
-        r#"{RES}{STOP_SET}{DIRTY_IN_CACHE}
+        r#"{RES}{STOP_SET}{NO_CONGESTION}{DIRTY_IN_CACHE}
         dirty_in_cache 4d4d4d4d-1a2b-4c3d-8e4f-5a6b7c8d9e02
         check register_none sh -c "echo '/dev/vdb $U $CSET cache_mode=writeback' > /sys/fs/bcache/register_raw"
         bcache_of /dev/vdb
@@ -704,7 +718,7 @@ fn raw_state_follows_the_state_uevents() {
         .disk(&scratch.image("formatted.img", 64 * MIB));
     vm.file("/root/data.bin", pattern(1 << 20, 0x5e9), false);
     let out = vm.run(&format!(
-        r#"{RES}
+        r#"{RES}{NO_CONGESTION}
         U=6c6c6c6c-7d7d-4e4e-8f8f-909090909090
         uevent sh -c '[ -n "$BCACHE_RAW" ] && echo "seq=$BCACHE_SEQ state=$BCACHE_STATE set_uuid=$BCACHE_SET_UUID uuid=$BCACHE_UUID cache_mode=$BCACHE_CACHE_MODE label=$BCACHE_LABEL" >> /tmp/uevents' &
         touch /tmp/uevents
@@ -712,6 +726,7 @@ fn raw_state_follows_the_state_uevents() {
         CSET=$(bcache super-show --json /dev/vda | sed -n 's/.*"set_uuid": "\(.*\)".*/\1/p')
         emit cset $CSET
         check register_cache bcache register /dev/vda
+        no_congestion $CSET
         check make_formatted bcache make -B /dev/vdc
         check register_formatted bcache register /dev/vdc
         wait_for /sys/block/vdc/bcache/running
@@ -790,4 +805,312 @@ fn raw_state_follows_the_state_uevents() {
 /// The label of a recorded uevent line: the rest of the line after "label=".
 fn ev_line_label(line: &str) -> &str {
     line.split_once(" label=").map_or("", |(_, l)| l)
+}
+
+/// The size of the cache image of the tests of durability. bcache's
+/// allocator writes the journal (bch_prio_write) each time it refills its
+/// free_inc list, whose size grows with the cache: on a cache of 300 MiB it
+/// holds 4 buckets, so one allocation in 4 (the bucket of a new uuid table,
+/// say) is followed at once by a journal write, which makes the new table
+/// durable by chance (the fault matrix found the hole in one run in 3). On
+/// 16 GiB (sparse) it holds 128: a module that does not write the journal
+/// itself is caught in nearly every run.
+const DURABILITY_CACHE: u64 = 16 << 30;
+
+/// Guest shell: what the cache set's journal delay is raised to before a
+/// step whose durability is tested. bcache writes the journal entry that
+/// points to a new uuid table only this long after the table (100 ms by
+/// default, 65535 at most); a module that leaves the table to that entry
+/// loses it to a power cut within that delay (unless another journal write
+/// carries it first: see DURABILITY_CACHE), in nearly every run then, not
+/// only in those whose cut falls within 100 ms. A module that writes the
+/// journal before it reports the step does not care.
+const WIDE_JOURNAL_DELAY: &str = r#"
+wide_journal_delay() {
+    echo 60000 > /sys/fs/bcache/$1/journal_delay_ms
+    check_eq journal_delay_ms 60000 "$(cat /sys/fs/bcache/$1/journal_delay_ms)"
+}
+"#;
+
+/// Found by the fault matrix (FAULT-MATRIX.md, "a write after a finished
+/// detach, then a power cut"): a writeback device registered raw holds
+/// dirty files in its cache set; writeback runs again and the device is
+/// detached. Once user space sees the detach end (raw_state, the uevent:
+/// state none, no set), a new file is written straight to the backing
+/// device (the device runs uncached now) and the power is cut at once, the
+/// set's journal delay raised to 60 s. The set must have the slot's
+/// invalidation on disk: at the next boot it refuses the device registered
+/// dirty on it ("Couldn't find uuid"), and registered as new (state none,
+/// on the same set) the device reads back every file, the new one too,
+/// byte for byte. The old module wrote the new uuid table but left the
+/// journal entry that points to it to a journal delay later, and told user
+/// space the detach was done before it even invalidated the slot: the set
+/// came back with the slot and its old dirty keys, attached the device
+/// registered dirty and served its old blocks over the new file.
+#[test]
+fn detach_end_is_durable_before_it_is_reported() {
+    let scratch = Scratch::new();
+    let before: Vec<_> = (0..2u64)
+        .map(|i| (format!("before{i}"), pattern(150_000 + i as usize * 33_333, 0xbef0_0000 + i)))
+        .collect();
+    let dirty: Vec<_> = (0..3u64)
+        .map(|i| (format!("dirty{i}"), pattern(700_000 + i as usize * 55_555, 0xd1e7_0000 + i)))
+        .collect();
+    let new = ("new".to_string(), pattern(600_000, 0x0e30_0001));
+    let mut vm = patched_vm();
+    for (name, data) in before.iter().chain(&dirty).chain(std::iter::once(&new)) {
+        vm.file(&format!("/root/expect/{name}"), data.clone(), false);
+    }
+    let backing = common::ext4_with_files(&scratch, "backing.img", 64 * MIB, &before, None);
+    vm.disk(&scratch.image("cache.img", DURABILITY_CACHE)).disk(&backing).module("ext4");
+    let u = "8a8a8a8a-1b1b-4c2c-8d3d-4e4e4e4e4e4e";
+    let first = vm.run(&format!(
+        r#"{RES}{WIDE_JOURNAL_DELAY}{NO_CONGESTION}
+        U={u}
+        uevent sh -c '[ -n "$BCACHE_RAW" ] && echo "seq=$BCACHE_SEQ state=$BCACHE_STATE set_uuid=$BCACHE_SET_UUID" >> /tmp/uevents' &
+        check make_cache bcache make -C /dev/vda
+        CSET=$(bcache super-show --json /dev/vda | sed -n 's/.*"set_uuid": "\(.*\)".*/\1/p')
+        emit cset $CSET
+        check register_cache bcache register /dev/vda
+        wait_for /sys/fs/bcache/$CSET
+        wide_journal_delay $CSET
+        no_congestion $CSET
+        check register_raw sh -c "echo '/dev/vdb $U $CSET cache_mode=writeback' > /sys/fs/bcache/register_raw"
+        B=$(bcache_of /dev/vdb)
+        wait_for /sys/block/vdb/bcache/cache
+        echo 0 > /sys/block/vdb/bcache/writeback_running
+        echo 0 > /sys/block/vdb/bcache/sequential_cutoff
+        mkdir -p /mnt
+        check mount_dirty mount -t ext4 "$B" /mnt
+        for f in {dirty_names}; do check "write_$f" cp /root/expect/$f /mnt/$f; done
+        # umount flushes: the dirty keys and the slot are in the set's journal.
+        check umount_dirty umount /mnt
+        check_eq dirty dirty "$(cat /sys/block/vdb/bcache/state)"
+        emit dirty_data "$(cat /sys/block/vdb/bcache/dirty_data)"
+
+        echo 0 > /sys/block/vdb/bcache/writeback_delay
+        echo 1 > /sys/block/vdb/bcache/writeback_running
+        kmsg_mark detach
+        check detach sh -c 'echo 1 > /sys/block/vdb/bcache/detach'
+        # The detach's end as user space sees it: raw_state (and the uevent).
+        detached() {{ grep -q "set_uuid=00000000-0000-0000-0000-000000000000 state=none " /sys/block/vdb/bcache/raw_state; }}
+        wait_until 180 detached
+        emit detach_end_cs "$(now_cs)"
+        emit raw_state "$(cat /sys/block/vdb/bcache/raw_state)"
+        # The device runs uncached: the new file goes straight to vdb,
+        # fsynced, and umount writes the file system's metadata there. No
+        # sync of anything else.
+        check mount_new mount -t ext4 "$B" /mnt
+        check write_new dd if=/root/expect/new of=/mnt/new bs=64k conv=fsync
+        check umount_new umount /mnt
+        emit cut_cs "$(now_cs)"
+        dmesg_section detach_dmesg detach
+        section uevents cat /tmp/uevents
+        power_cut
+        "#,
+        dirty_names = dirty.iter().map(|(n, _)| n.as_str()).collect::<Vec<_>>().join(" "),
+    ));
+    let cset = first.expect_value("cset").to_string();
+    assert_ne!(first.expect_value("dirty_data"), "0.0k", "nothing dirty before the detach");
+    let ms = |k: &str| first.expect_value(k).parse::<u64>().unwrap() * 10;
+    eprintln!(
+        "power cut {} ms after the detach was seen to end (journal delay 60000 ms); raw_state then: {}",
+        ms("cut_cs") - ms("detach_end_cs"),
+        first.expect_value("raw_state")
+    );
+    eprintln!("raw uevents:\n{}", first.section("uevents"));
+    let out = vm.run(&format!(
+        r#"{RES}{SAME_FILES}
+        U={u}
+        CSET={cset}
+        check register_cache bcache register /dev/vda
+        wait_for /sys/fs/bcache/$CSET
+        kmsg_mark dirty
+        check register_dirty sh -c "echo '/dev/vdb $U $CSET cache_mode=writeback state=dirty' > /sys/fs/bcache/register_raw"
+        wait_for /sys/block/vdb/bcache/running
+        dmesg_section dirty_dmesg dirty
+        if [ -e /sys/block/vdb/bcache/cache ]; then
+            # The set kept the slot: what it serves for the device.
+            B=$(bcache_of /dev/vdb)
+            mkdir -p /mnt
+            mount -t ext4 -o ro,noload "$B" /mnt && {{ ls -l /mnt; cmp /root/expect/new /mnt/new || :; umount /mnt; }} >&2
+            fail "the cache set attached the device registered dirty: its slot survived the power cut"
+        fi
+        check_eq dirty_waits 0 "$(cat /sys/block/vdb/bcache/running)"
+        check_fails dirty_not_running test -e /sys/block/vdb/bcache/dev
+        # (Returns once the kernel has let the device go.)
+        check stop_dirty bcache stop /dev/vdb
+        check register_new sh -c "echo '/dev/vdb $U $CSET cache_mode=writeback state=none' > /sys/fs/bcache/register_raw"
+        B=$(bcache_of /dev/vdb)
+        wait_for /sys/block/vdb/bcache/cache
+        mkdir -p /mnt
+        check mount mount -t ext4 "$B" /mnt
+        same_files /mnt back
+        section sums sh -c 'cd /mnt && sha256sum $(ls /root/expect)'
+        section want sh -c 'cd /root/expect && sha256sum *'
+        umount /mnt
+        "#
+    ));
+    let dmesg = out.section("dirty_dmesg");
+    assert!(dmesg.contains("Couldn't find uuid for vdb in set"), "the set did not refuse the device registered dirty:\n{dmesg}");
+    let (sums, want) = (out.section("sums"), out.section("want"));
+    assert_eq!(sums.lines().count(), before.len() + dirty.len() + 1, "{sums}");
+    assert_eq!(sums, want, "files read back (sha256) and the files written");
+}
+
+/// The same for a device with a superblock of its own: dirty data in the
+/// set, the device detached, and once its superblock on disk says state
+/// none (no set), new data written over the old blocks straight to the
+/// device and the power cut at once. The set comes back without the slot:
+/// a device that claims the uuid dirty on that set (registered raw on a
+/// blank disk: what a copy of the record would do) is refused, and the
+/// device registered from its superblock runs detached with the new data.
+/// The old module wrote state none before it even invalidated the slot
+/// in memory: the set came back with the slot and its old dirty keys.
+#[test]
+fn formatted_detach_end_is_durable_before_it_is_reported() {
+    let scratch = Scratch::new();
+    let old = pattern(2 << 20, 0x01d0_0001);
+    let new = pattern(2 << 20, 0x0e30_0002);
+    let mut vm = patched_vm();
+    vm.disk(&scratch.image("cache.img", DURABILITY_CACHE))
+        .disk(&scratch.image("backing.img", 64 * MIB))
+        .disk(&scratch.image("probe.img", 64 * MIB));
+    vm.file("/root/old.bin", old, false).file("/root/new.bin", new, false);
+    let first = vm.run(&format!(
+        r#"{RES}{WIDE_JOURNAL_DELAY}{NO_CONGESTION}
+        check make_cache bcache make -C /dev/vda
+        CSET=$(bcache super-show --json /dev/vda | sed -n 's/.*"set_uuid": "\(.*\)".*/\1/p')
+        emit cset $CSET
+        check register_cache bcache register /dev/vda
+        wait_for /sys/fs/bcache/$CSET
+        wide_journal_delay $CSET
+        no_congestion $CSET
+        check make_backing bcache make -B /dev/vdb
+        U=$(bcache super-show --json /dev/vdb | sed -n 's/.*"uuid": "\(.*\)".*/\1/p')
+        emit uuid $U
+        check register_backing bcache register /dev/vdb
+        B=$(bcache_of /dev/vdb)
+        echo writeback > /sys/block/vdb/bcache/cache_mode
+        check attach sh -c "echo $CSET > /sys/block/vdb/bcache/attach"
+        wait_for /sys/block/vdb/bcache/cache
+        echo 0 > /sys/block/vdb/bcache/writeback_running
+        echo 0 > /sys/block/vdb/bcache/sequential_cutoff
+        check write_old dd if=/root/old.bin of="$B" bs=64k conv=fsync
+        check_eq dirty dirty "$(cat /sys/block/vdb/bcache/state)"
+        emit dirty_data "$(cat /sys/block/vdb/bcache/dirty_data)"
+        echo 0 > /sys/block/vdb/bcache/writeback_delay
+        echo 1 > /sys/block/vdb/bcache/writeback_running
+        check detach sh -c 'echo 1 > /sys/block/vdb/bcache/detach'
+        # The detach's end as user space sees it: the superblock on disk.
+        sb_none() {{
+            echo 3 > /proc/sys/vm/drop_caches
+            bcache super-show --json /dev/vdb | grep -q '"state": "none"'
+        }}
+        wait_until 180 sb_none
+        emit detach_end_cs "$(now_cs)"
+        check_eq state_none "no cache" "$(cat /sys/block/vdb/bcache/state)"
+        # Uncached now: over the old blocks, straight to vdb.
+        check write_new dd if=/root/new.bin of="$B" bs=64k conv=fsync
+        emit cut_cs "$(now_cs)"
+        power_cut
+        "#
+    ));
+    let (cset, u) = (first.expect_value("cset").to_string(), first.expect_value("uuid").to_string());
+    assert_eq!(u.len(), 36, "{u:?}");
+    let ms = |k: &str| first.expect_value(k).parse::<u64>().unwrap() * 10;
+    eprintln!("power cut {} ms after the superblock said state none (journal delay 60000 ms)", ms("cut_cs") - ms("detach_end_cs"));
+    let out = vm.run(&format!(
+        r#"{RES}
+        U={u}
+        CSET={cset}
+        check register_cache bcache register /dev/vda
+        wait_for /sys/fs/bcache/$CSET
+        kmsg_mark probe
+        check probe_dirty sh -c "echo '/dev/vdc $U $CSET cache_mode=writeback state=dirty' > /sys/fs/bcache/register_raw"
+        wait_for /sys/block/vdc/bcache/running
+        dmesg_section probe_dmesg probe
+        check_fails probe_not_attached test -e /sys/block/vdc/bcache/cache
+        check_eq probe_waits 0 "$(cat /sys/block/vdc/bcache/running)"
+        # (Returns once the kernel has let the device go.)
+        check stop_probe bcache stop /dev/vdc
+        check register_backing bcache register /dev/vdb
+        B=$(bcache_of /dev/vdb)
+        check_eq sb_state none "$(bcache super-show --json /dev/vdb | sed -n 's/.*"state": "\(.*\)".*/\1/p')"
+        check_fails not_attached test -e /sys/block/vdb/bcache/cache
+        check new_data cmp -n $(stat -c %s /root/new.bin) "$B" /root/new.bin
+        "#
+    ));
+    let dmesg = out.section("probe_dmesg");
+    assert!(dmesg.contains("Couldn't find uuid for vdc in set"), "the set still has a slot for {u}:\n{dmesg}");
+}
+
+/// An attach that replaces a slot: a writeback device registered raw
+/// leaves dirty data in its cache set and is stopped; its disk is written
+/// since (straight, the device stopped), and it is registered again with
+/// state=stale, which drops the set's data for it: the attach invalidates
+/// the old slot, takes a new one and reports state clean on the set. The
+/// power is cut at once (journal delay 60 s). The set must come back with
+/// the new table: the device registered clean, as recorded, reads its
+/// disk. The old module wrote the new table but left the journal entry
+/// that points to it for later: the set came back with the old slot, and
+/// the device registered clean was attached to it and served the dirty
+/// data the stale state had dropped.
+#[test]
+fn stale_attach_is_durable_before_it_is_reported() {
+    let scratch = Scratch::new();
+    let mut vm = patched_vm();
+    vm.disk(&scratch.image("cache.img", DURABILITY_CACHE)).disk(&scratch.image("backing.img", 64 * MIB));
+    vm.file("/root/old.bin", pattern(2 << 20, 0x01d0_0003), false)
+        .file("/root/new.bin", pattern(2 << 20, 0x0e30_0003), false);
+    let u = "9b9b9b9b-2c2c-4d3d-8e4e-5f5f5f5f5f5f";
+    let first = vm.run(&format!(
+        r#"{RES}{WIDE_JOURNAL_DELAY}{NO_CONGESTION}
+        U={u}
+        check make_cache bcache make -C /dev/vda
+        CSET=$(bcache super-show --json /dev/vda | sed -n 's/.*"set_uuid": "\(.*\)".*/\1/p')
+        emit cset $CSET
+        check register_cache bcache register /dev/vda
+        wait_for /sys/fs/bcache/$CSET
+        wide_journal_delay $CSET
+        no_congestion $CSET
+        check register_raw sh -c "echo '/dev/vdb $U $CSET cache_mode=writeback' > /sys/fs/bcache/register_raw"
+        B=$(bcache_of /dev/vdb)
+        wait_for /sys/block/vdb/bcache/cache
+        echo 0 > /sys/block/vdb/bcache/writeback_running
+        echo 0 > /sys/block/vdb/bcache/sequential_cutoff
+        check write_old dd if=/root/old.bin of="$B" bs=64k conv=fsync
+        check_eq dirty dirty "$(cat /sys/block/vdb/bcache/state)"
+        emit dirty_data "$(cat /sys/block/vdb/bcache/dirty_data)"
+        # Stopped with its dirty data in the set (the set stays up).
+        check stop_dirty bcache stop /dev/vdb
+        check write_new dd if=/root/new.bin of=/dev/vdb bs=64k conv=fsync
+        check register_stale sh -c "echo '/dev/vdb $U $CSET cache_mode=writeback state=stale' > /sys/fs/bcache/register_raw"
+        B=$(bcache_of /dev/vdb)
+        # Reported: raw_state (and the uevent) say clean on the set.
+        wait_until 60 grep -q "set_uuid=$CSET state=clean " /sys/block/vdb/bcache/raw_state
+        emit attach_cs "$(now_cs)"
+        check serves_new cmp -n $(stat -c %s /root/new.bin) "$B" /root/new.bin
+        emit cut_cs "$(now_cs)"
+        power_cut
+        "#
+    ));
+    let cset = first.expect_value("cset").to_string();
+    assert_ne!(first.expect_value("dirty_data"), "0.0k", "nothing dirty before the stop");
+    let ms = |k: &str| first.expect_value(k).parse::<u64>().unwrap() * 10;
+    eprintln!("power cut {} ms after the attach reported clean (journal delay 60000 ms)", ms("cut_cs") - ms("attach_cs"));
+    let out = vm.run(&format!(
+        r#"{RES}
+        U={u}
+        CSET={cset}
+        check register_cache bcache register /dev/vda
+        wait_for /sys/fs/bcache/$CSET
+        check register_clean sh -c "echo '/dev/vdb $U $CSET cache_mode=writeback state=clean' > /sys/fs/bcache/register_raw"
+        B=$(bcache_of /dev/vdb)
+        check attached test -e /sys/block/vdb/bcache/cache
+        emit dirty_data "$(cat /sys/block/vdb/bcache/dirty_data)"
+        check serves_new cmp -n $(stat -c %s /root/new.bin) "$B" /root/new.bin
+        "#
+    ));
+    eprintln!("dirty data of the device attached again: {}", out.expect_value("dirty_data"));
 }
