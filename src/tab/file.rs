@@ -108,6 +108,17 @@ fn names_label(escaped: &str, raw: &str) -> bool {
     unescape(escaped) == raw
 }
 
+/// Two paths equal component by component (`/dev//loop0` is `/dev/loop0`),
+/// compared as bytes unless one of them is not in normal form: the
+/// one-device lookup compares every path line with every link of the
+/// device, and building components costs ten times the bytes.
+fn same_path(a: &str, b: &str) -> bool {
+    // Not in normal form: a doubled separator, a "." component (or a name
+    // starting with a dot: compared the slow way too), a trailing '/'.
+    let odd = |s: &str| s.ends_with('/') || s.as_bytes().windows(2).any(|w| w[0] == b'/' && matches!(w[1], b'/' | b'.'));
+    a == b || ((odd(a) || odd(b)) && Path::new(a) == Path::new(b))
+}
+
 /// A device field as written, borrowed from the text: what a
 /// [`DeviceSpec`] holds, without allocating (the one-device lookup reads
 /// every line's device field).
@@ -121,11 +132,9 @@ enum SpecRef<'a> {
 }
 
 impl<'a> SpecRef<'a> {
-    fn parse(s: &'a str) -> Result<SpecRef<'a>, String> {
-        // Only labels have escapes; anything else with a separator in it
-        // (given on the command line) would break the line it goes into.
-        let plain = |s: &str| !s.bytes().any(needs_escape);
-        let spec = if let Some(v) = s.strip_prefix("UUID=") {
+    /// The kind of name, by its prefix; None for what names no device.
+    fn classify(s: &'a str) -> Option<SpecRef<'a>> {
+        Some(if let Some(v) = s.strip_prefix("UUID=") {
             SpecRef::Uuid(v)
         } else if let Some(v) = s.strip_prefix("PARTUUID=") {
             SpecRef::PartUuid(v)
@@ -134,26 +143,40 @@ impl<'a> SpecRef<'a> {
         } else if let Some(v) = s.strip_prefix("LABEL=") {
             SpecRef::Label(v)
         } else if s.starts_with("/dev/") {
-            // What normalising leaves must still be under /dev.
-            if Path::new(s).components().nth(2).is_none() {
-                return Err(format!("'{s}' names nothing under /dev"));
-            }
-            if !plain(s) {
-                return Err(format!("'{s}': a path with whitespace, '#' or '\\' cannot be written in bcachetab"));
-            }
-            return Ok(SpecRef::Path(s));
+            SpecRef::Path(s)
         } else {
-            return Err(format!(
-                "'{s}' is not a device (UUID=, PARTUUID=, PARTLABEL=, LABEL= or a /dev path)"
-            ));
-        };
+            return None;
+        })
+    }
+
+    fn parse(s: &'a str) -> Result<SpecRef<'a>, String> {
+        // Only labels have escapes; anything else with a separator in it
+        // (given on the command line) would break the line it goes into.
+        let plain = |s: &str| !s.bytes().any(needs_escape);
+        let spec = SpecRef::classify(s).ok_or_else(|| {
+            format!("'{s}' is not a device (UUID=, PARTUUID=, PARTLABEL=, LABEL= or a /dev path)")
+        })?;
         match spec {
+            // What normalising leaves must still be under /dev.
+            SpecRef::Path(p) if !p["/dev/".len()..].split('/').any(|c| !c.is_empty() && c != ".") => {
+                Err(format!("'{s}' names nothing under /dev"))
+            }
+            SpecRef::Path(p) if !plain(p) => {
+                Err(format!("'{s}': a path with whitespace, '#' or '\\' cannot be written in bcachetab"))
+            }
             SpecRef::Uuid(v) | SpecRef::PartUuid(v) | SpecRef::PartLabel(v) | SpecRef::Label(v) if v.is_empty() => {
                 Err(format!("'{s}' names nothing"))
             }
             SpecRef::Uuid(v) | SpecRef::PartUuid(v) if !plain(v) => Err(format!("'{s}' is not a uuid")),
             _ => Ok(spec),
         }
+    }
+
+    /// [`SpecRef::parse`] of a field that names the device `ids`
+    /// describes, if it does: the one-device lookup compares every line's
+    /// field, and checks only the lines that name the device.
+    fn parse_if_names(s: &'a str, ids: &DeviceIds) -> Option<SpecRef<'a>> {
+        SpecRef::classify(s).filter(|spec| spec.matches(ids)).and_then(|_| SpecRef::parse(s).ok())
     }
 
     /// Whether the block device `ids` describes is the one named (uuids in
@@ -167,7 +190,7 @@ impl<'a> SpecRef<'a> {
             SpecRef::Label(l) => label(&ids.fs_label, l),
             SpecRef::PartUuid(u) => eq(&ids.part_uuid, u),
             SpecRef::PartLabel(l) => label(&ids.part_name, l),
-            SpecRef::Path(p) => ids.devname.iter().chain(&ids.links).any(|d| Path::new(d) == Path::new(p)),
+            SpecRef::Path(p) => ids.devname.iter().chain(&ids.links).any(|d| same_path(d, p)),
         }
     }
 
@@ -180,7 +203,7 @@ impl<'a> SpecRef<'a> {
             (SpecRef::Label(a), SpecRef::Label(b)) | (SpecRef::PartLabel(a), SpecRef::PartLabel(b)) => {
                 unescaped(a).eq(unescaped(b))
             }
-            (SpecRef::Path(a), SpecRef::Path(b)) => Path::new(a) == Path::new(b),
+            (SpecRef::Path(a), SpecRef::Path(b)) => same_path(a, b),
             _ => false,
         }
     }
@@ -472,7 +495,7 @@ impl Tab {
     /// in full for every udev event cost ten times this.
     pub fn find_device(text: &str, path: &Path, ids: &DeviceIds) -> (Option<Entry>, Vec<TabError>) {
         let lines: Vec<(usize, Words)> = Lines { text, line: 0 }.filter(|(_, w)| w.count > 0).collect();
-        let names_device = |w: &Words| w.count >= 2 && SpecRef::parse(w.fields[1]).is_ok_and(|s| s.matches(ids));
+        let names_device = |w: &Words| w.count >= 2 && SpecRef::parse_if_names(w.fields[1], ids).is_some();
         let error = |line: usize, (field, message): FieldError| TabError { path: path.to_owned(), line, field: field.to_owned(), message };
         let mut errors = Vec::new();
         for (k, (line, words)) in lines.iter().enumerate() {
@@ -490,7 +513,9 @@ impl Tab {
             let shares_key = |w: &Words| {
                 (w.count >= 3 && Uuid::try_parse(w.fields[2]).is_ok_and(|u| u == entry.uuid))
                     || entry.name.as_deref().is_some_and(|n| w.fields[0] == n)
-                    || (w.count >= 2 && SpecRef::parse(w.fields[1]).is_ok_and(|s| s.same(spec)))
+                    // A broken line that may share it sends the lookup to
+                    // the full parse too, which decides.
+                    || (w.count >= 2 && SpecRef::classify(w.fields[1]).is_some_and(|s| s.same(spec)))
             };
             if lines[..k].iter().any(|(_, w)| shares_key(w)) {
                 let tab = Tab::parse(text, path);
@@ -837,6 +862,17 @@ impl fmt::Display for Entry {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn paths_are_compared_component_by_component_whatever_the_shortcut() {
+        use super::same_path;
+        for (a, b) in [("/dev/loop0", "/dev//loop0"), ("/dev/loop0", "/dev/loop0/"), ("/dev/./loop0", "/dev/loop0"), ("/dev/.x/y", "/dev/.x//y")] {
+            assert!(same_path(a, b) && same_path(b, a), "{a} {b}");
+        }
+        for (a, b) in [("/dev/loop0", "/dev/loop1"), ("/dev/disk/by-id/a", "/dev/disk/by-id/b"), ("/dev/.x", "/dev/x")] {
+            assert!(!same_path(a, b) && !same_path(b, a), "{a} {b}");
+        }
+    }
+
     use super::*;
 
     proptest::proptest! {
