@@ -2,6 +2,7 @@
 
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use anyhow::{bail, Context};
 use uuid::Uuid;
@@ -101,6 +102,41 @@ pub struct DevArgs {
     /// A backing device, or (for stop) a cache device whose set to stop.
     #[arg(value_name = "DEVICE")]
     device: PathBuf,
+}
+
+/// Detach a backing device from its cache set, after writing back its
+/// dirty data.
+///
+/// The kernel writes the dirty data back, then lets go of the set; until
+/// then the device stays attached. For a device of /etc/bcachetab, its line
+/// names no set once the kernel is told, and the command waits for the
+/// kernel to show the detach done (the device's cache link gone, its
+/// superblock as the kernel holds it naming no set), showing the dirty data
+/// left as it drains, then records the end in the state file. Until that
+/// record, no boot runs the device without its set, which may still hold
+/// dirty data for it. A device with a bcache superblock of its own is not
+/// waited for: its superblock records the end.
+///
+/// When the state file cannot be written (a read-only /var), the end is
+/// kept in /run/bcache/state.journal for `bcache tab reconcile`, and the
+/// command fails: a power cut before the merge loses it.
+#[derive(clap::Args, Debug)]
+#[command(after_help = "Exit status: 0 once the detach is done and recorded (with --no-wait, once \
+    it is started); 1 otherwise. A detach once started goes on in the kernel whatever the command does.")]
+pub struct DetachArgs {
+    /// Return once the kernel is told, as bcache-tools always did: the end
+    /// is recorded from the kernel's event, or by `bcache tab reconcile`
+    /// (`bcache tab list`), whichever sees it first.
+    #[arg(long)]
+    no_wait: bool,
+    /// Give up waiting once the dirty data left has not changed for this
+    /// many seconds (the writeback is stuck); the detach goes on in the
+    /// kernel, and `bcache detach` again waits for it.
+    #[arg(long, value_name = "SECONDS", default_value_t = 300, conflicts_with = "no_wait")]
+    timeout: u64,
+    /// The registered backing device.
+    #[arg(value_name = "BDEV")]
+    bdev: PathBuf,
 }
 
 /// Start a backing device without its cache set (/dev/bcacheN appears).
@@ -255,18 +291,86 @@ pub fn attach(args: &AttachArgs) -> anyhow::Result<Outcome> {
     Ok(Outcome::Ok)
 }
 
-pub fn detach(args: &DevArgs) -> anyhow::Result<Outcome> {
+pub fn detach(args: &DetachArgs) -> anyhow::Result<Outcome> {
+    use bcache::tab::transition::{self, DetachWait, Detached};
+
     let sysfs = Sysfs::default();
-    let dir = backing_dir(&sysfs, &args.device)?;
-    let name = args.device.display().to_string();
+    let dir = backing_dir(&sysfs, &args.bdev)?;
+    let name = args.bdev.display().to_string();
+    let env = Env::default();
     if !dir.join("cache").exists() {
+        // A detach that ended unrecorded (--no-wait, an event lost, a
+        // read-only /var): its end goes to the state file now.
+        if let Some(uuid) = backing_uuid(&sysfs, &dir).filter(|u| recorded_set(&env, u).is_some()) {
+            if transition::detach_shown(&env, &uuid, &dir) {
+                record_end(&env, &name, &uuid)?;
+                eprintln!("bcache: {name}: detached from its cache set; recorded in {}", env.state.display());
+                return Ok(Outcome::Ok);
+            }
+        }
         bail!("{name}: not attached to a cache set");
     }
-    let env = Env::default();
-    if bcache::tab::transition::detach(&env, &name, &dir)? {
+    let mut progress = |dirty: &str| eprintln!("bcache detach: {name}: writing back, {dirty} of dirty data left");
+    let wait = (!args.no_wait).then(|| DetachWait { stall: Duration::from_secs(args.timeout), limit: None, progress: &mut progress });
+    let done = transition::detach(&env, &name, &dir, wait).map_err(|e| end_not_recorded(&env, &name, e))?;
+    let in_tab = match done {
+        Detached::NotTab => false,
+        Detached::Started { in_tab } | Detached::Finished { in_tab } => in_tab,
+        Detached::StillDetaching { in_tab, dirty } => {
+            tab_changed(&env, &name, in_tab);
+            bail!(
+                "{name}: still detaching: the dirty data left ({}) has not changed for {} s; the kernel goes \
+                 on with the detach, and the state file keeps the cache set until its end is seen: run \
+                 bcache detach {name} again to wait for it",
+                dirty.as_deref().unwrap_or("unknown"),
+                args.timeout
+            );
+        }
+        Detached::Gone { in_tab } => {
+            tab_changed(&env, &name, in_tab);
+            bail!(
+                "{name}: stopped before the detach was seen to end: the state file keeps the cache set, so \
+                 it is registered with the set again"
+            );
+        }
+    };
+    tab_changed(&env, &name, in_tab);
+    Ok(Outcome::Ok)
+}
+
+fn tab_changed(env: &Env, name: &str, in_tab: bool) {
+    if in_tab {
         eprintln!("bcache: {}: cache set of {name} now none", env.tab.display());
     }
-    Ok(Outcome::Ok)
+}
+
+fn backing_uuid(sysfs: &Sysfs, dir: &Path) -> Option<Uuid> {
+    sysfs.read(&dir.join("backing_dev_uuid")).ok()?.parse().ok()
+}
+
+/// The set a bcachetab device's record names, if any.
+fn recorded_set(env: &Env, uuid: &Uuid) -> Option<Uuid> {
+    bcache::tab::records::State::load(&env.state).ok()?.get(uuid).filter(|r| !r.stale)?.attached
+}
+
+fn record_end(env: &Env, name: &str, uuid: &Uuid) -> anyhow::Result<()> {
+    bcache::tab::transition::record_detached(env, uuid).map_err(|e| end_not_recorded(env, name, e))
+}
+
+/// The detach ended but the state file could not take it: it went to the
+/// journal (the error of a write-ahead step would say nothing changed).
+fn end_not_recorded(env: &Env, name: &str, e: ApplyError) -> anyhow::Error {
+    match e {
+        ApplyError::State(bcache::tab::records::StateError::WriteAhead { path, error, .. }) if path != env.journal => anyhow::anyhow!(
+            "{name}: detached from its cache set, but the state file cannot record it ({}: {}): it is kept \
+             in {}, and bcache tab reconcile records it once the state file is writable; a power cut before \
+             that loses it, and the next boot keeps the device for its old set (bcachetab(5))",
+            path.display(),
+            bcache::os_error_text(&error),
+            env.journal.display()
+        ),
+        e => e.into(),
+    }
 }
 
 pub fn run(args: &RunArgs) -> anyhow::Result<Outcome> {

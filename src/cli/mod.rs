@@ -59,9 +59,7 @@ pub enum Command {
     Register(kernel::RegisterArgs),
     Unregister(kernel::UnregisterArgs),
     Attach(kernel::AttachArgs),
-    /// Detach a backing device from its cache set, after writing back its
-    /// dirty data.
-    Detach(kernel::DevArgs),
+    Detach(kernel::DetachArgs),
     /// Stop a backing device (/dev/bcacheN goes away), or the cache set of a
     /// cache device.
     Stop(kernel::DevArgs),

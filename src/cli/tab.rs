@@ -510,7 +510,7 @@ fn check(args: &CheckArgs) -> anyhow::Result<Outcome> {
     }
     let (st, clean) = load_state(&env);
     failed |= !clean;
-    let has_raw = Sysfs::default().bcache_dir().is_ok_and(|d| d.join("register_raw").exists());
+    let kernel = rules::Kernel::detect(&Sysfs::default());
     let resolver = identity::Resolver::default();
     for d in identity::duplicates(&tab, &resolver) {
         eprintln!("bcache tab: {}: device: {d}", at(&tab, d.again));
@@ -529,7 +529,7 @@ fn check(args: &CheckArgs) -> anyhow::Result<Outcome> {
                 }
             }
         }
-        if let Err(why) = rules::registration(e, st.get(&e.uuid), st.is_copy, has_raw) {
+        if let Err(why) = rules::registration(e, st.get(&e.uuid), st.is_copy, kernel) {
             eprintln!("bcache tab: {}: {why}", at(&tab, e));
             failed = true;
         }
@@ -579,14 +579,14 @@ fn list(args: &ListArgs) -> anyhow::Result<Outcome> {
         .collect();
     // A device down because the rules refuse it, or because it is not the
     // device adopted for the line: say why.
-    let has_raw = Sysfs::default().bcache_dir().is_ok_and(|d| d.join("register_raw").exists());
+    let kernel = rules::Kernel::detect(&Sysfs::default());
     for (r, e) in rows.iter_mut().zip(&tab.entries) {
         if let Status::Down { device } = &r.status {
             let record = st.get(&e.uuid);
             r.refused = identity::check_found(&resolver, e, record.map(|r| &r.identity), Path::new(device))
                 .err()
                 .map(|m| m.to_string())
-                .or_else(|| rules::registration(e, record, st.is_copy, has_raw).err().map(|e| e.to_string()));
+                .or_else(|| rules::registration(e, record, st.is_copy, kernel).err().map(|e| e.to_string()));
         }
     }
     let mut out = std::io::stdout().lock();

@@ -11,7 +11,8 @@
 //! | attach (`bcache attach`) | bcachetab names the set; the record names it, pending ([`ahead_of_attach`]) | `attach` | confirmed; on refusal both put back |
 //! | first dirty write, clean | (nothing: a writeback device is registered dirty whatever the record says) | the kernel's own superblock write | the state it reports ([`note`]) |
 //! | detach started | (nothing: the record keeps the set) | `detach` | bcachetab names no set |
-//! | detach done | | the kernel drops its slot | the set forgotten, only from the kernel's word ([`note`] with state none) |
+//! | detach done | | the kernel drops its slot | the set forgotten, only from the kernel's word: `bcache detach` waits for the end sysfs shows and records it ([`note`] with state none, no set), as do the kernel's events |
+//! | detach not seen to end (raw, a module whose detach end is durable) | | registered dirty on the set the record names ([`registration`]) | attached: detached again, the end recorded; refused for want of a slot (the detach ended): registered as new without a set, the end recorded |
 //! | mode change | (a line's mode; writeback kept recorded) | `cache_mode` | the mode reported ([`note`]) |
 //! | forced run, timeout run | the stale mark ([`mark_stale`]) | `running` | |
 //! | set returns | | the set attaches the waiting device | confirmed; a dirty registration refused for want of a slot settled afresh when nothing says the set held data for it |
@@ -20,9 +21,35 @@ use uuid::Uuid;
 
 use crate::layout::{header, Backing, Layout};
 use crate::superblock::{BdevState, CacheMode};
+use crate::sysfs::Sysfs;
 use crate::tab::env::ApplyError;
 use crate::tab::file::Entry;
 use crate::tab::records::Record;
+
+/// What the running bcache module offers a registration.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Kernel {
+    /// register_raw (the patched module).
+    pub register_raw: bool,
+    /// The patched module says its detach has the set's invalidation of the
+    /// device's slot on disk before it shows the end (`durable_detach` in
+    /// /sys/fs/bcache/features): a set that still has the slot after a
+    /// power cut never finished the detach. The stock module may lose the
+    /// invalidation with its journal (FAULT-MATRIX.md).
+    pub durable_detach: bool,
+}
+
+impl Kernel {
+    /// The feature words of the patched module's /sys/fs/bcache/features.
+    pub fn detect(sysfs: &Sysfs) -> Kernel {
+        let Ok(dir) = sysfs.bcache_dir() else { return Kernel::default() };
+        let features = std::fs::read_to_string(dir.join("features")).unwrap_or_default();
+        Kernel {
+            register_raw: dir.join("register_raw").exists(),
+            durable_detach: features.split_ascii_whitespace().any(|w| w == "durable_detach"),
+        }
+    }
+}
 
 /// What the kernel is told about a device, and by which layout.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -51,12 +78,21 @@ pub struct Registration {
 /// the patched module refuses it where the set holds a slot (the attach
 /// would drop the slot), and clean would make a device that never had a
 /// set wait for one.
+///
+/// A device attached to a set its line no longer names (a detach whose end
+/// was not recorded: an event lost, a read-only /var, a power cut) stays
+/// down, for the operator, unless it is raw on a module whose detach end is
+/// durable ([`Kernel::durable_detach`]): then it is registered dirty on that
+/// set ([`finishes_detach`]), which either still has its slot (the detach
+/// never finished: it attaches, and is detached again) or refuses it for
+/// want of one (the detach ended: it is registered as new).
 pub fn registration(
     entry: &Entry,
     record: Option<&Record>,
     is_copy: bool,
-    has_raw: bool,
+    kernel: Kernel,
 ) -> Result<Registration, ApplyError> {
+    let has_raw = kernel.register_raw;
     let pinned = entry.options.layout;
     let recorded = record.and_then(|r| r.layout);
     let mut layout = pinned.or(recorded).unwrap_or(if has_raw { Layout::Raw } else { Layout::Header });
@@ -75,15 +111,20 @@ pub fn registration(
     }
     // A device attached to a set keeps it until a detach is recorded,
     // whatever bcachetab says: that set may hold its dirty data. A detach
-    // not seen to finish is not finished by a later boot: the set's journal
-    // may have lost the end of one that did (FAULT-MATRIX.md), and only the
-    // operator knows whether the disk was written since.
+    // not seen to finish is not finished by a later boot unless the set
+    // cannot have lost the end of one that did: the stock kernel's journal
+    // may (FAULT-MATRIX.md), and only the operator knows whether the disk
+    // was written since.
+    let mut finishing = None;
     if let Some(a) = attached.filter(|_| !stale) {
         if entry.cset != Some(a) {
-            return Err(ApplyError::OtherSet { attached: a, named: entry.cset });
+            if !(entry.cset.is_none() && layout == Layout::Raw && kernel.durable_detach) {
+                return Err(ApplyError::OtherSet { attached: a, named: entry.cset });
+            }
+            finishing = Some(a);
         }
     }
-    let set_uuid = entry.cset;
+    let set_uuid = entry.cset.or(finishing);
     let mode = entry.options.mode;
     // The mode it last ran in, or the state the kernel last reported, may
     // have left dirty data in the set whatever bcachetab says now.
@@ -94,6 +135,8 @@ pub fn registration(
     let never_attached = !is_copy && record.is_some_and(Record::proves_never_attached);
     let state = match set_uuid {
         None => BdevState::None,
+        // Refused by the set if its slot is gone, whatever it held.
+        Some(_) if finishing.is_some() => BdevState::Dirty,
         Some(_) if stale && is_copy && may_be_dirty => return Err(ApplyError::StaleCopy),
         Some(_) if stale => BdevState::Stale,
         Some(_) if never_attached => BdevState::None,
@@ -124,6 +167,12 @@ pub fn registration(
     Ok(Registration { layout, backing })
 }
 
+
+/// Whether `reg` registers the device of `entry` on a set its line no
+/// longer names, to finish a detach not seen to end ([`registration`]).
+pub fn finishes_detach(entry: &Entry, reg: &Registration) -> bool {
+    entry.cset.is_none() && reg.backing.set_uuid.is_some()
+}
 
 /// Before a registration: its layout and mode, and the set it names as
 /// attached but pending (that set may attach it now or whenever it comes,
@@ -209,6 +258,10 @@ mod tests {
     use super::*;
     use crate::tab::file::{DeviceSpec, Options};
 
+    /// The patched module before its detach end was durable, and the stock one.
+    const RAW: Kernel = Kernel { register_raw: true, durable_detach: false };
+    const STOCK: Kernel = Kernel { register_raw: false, durable_detach: false };
+
     fn entry(cset: Option<u128>, mode: CacheMode) -> Entry {
         Entry {
             line: 1,
@@ -228,7 +281,7 @@ mod tests {
     #[test]
     fn writeback_waits_unless_the_record_proves_otherwise() {
         let wb = entry(Some(9), CacheMode::Writeback);
-        let state = |r: Option<&Record>, copy| registration(&wb, r, copy, true).map(|g| g.backing.state);
+        let state = |r: Option<&Record>, copy| registration(&wb, r, copy, RAW).map(|g| g.backing.state);
         // Unknown: assume dirty.
         assert_eq!(state(None, false).unwrap(), BdevState::Dirty);
         assert_eq!(state(Some(&rec(Some(9), false, Layout::Raw)), false).unwrap(), BdevState::Dirty);
@@ -251,7 +304,7 @@ mod tests {
     #[test]
     fn writethrough_waits_only_when_attached() {
         let wt = entry(Some(9), CacheMode::Writethrough);
-        let state = |r: Option<&Record>| registration(&wt, r, false, true).unwrap().backing.state;
+        let state = |r: Option<&Record>| registration(&wt, r, false, RAW).unwrap().backing.state;
         // Unknown: whatever the set holds for it is dropped, never served.
         assert_eq!(state(None), BdevState::Stale);
         // Known never attached: new to the set.
@@ -274,13 +327,86 @@ mod tests {
     fn layout_switch_and_other_set_are_refused_while_attached() {
         let wb = entry(Some(9), CacheMode::Writeback);
         let r = rec(Some(9), false, Layout::Raw);
-        assert!(matches!(registration(&wb, Some(&r), false, false), Err(ApplyError::LayoutSwitch { .. })));
+        assert!(matches!(registration(&wb, Some(&r), false, STOCK), Err(ApplyError::LayoutSwitch { .. })));
         let free = rec(None, false, Layout::Raw);
-        assert_eq!(registration(&wb, Some(&free), false, false).unwrap().layout, Layout::Header);
+        assert_eq!(registration(&wb, Some(&free), false, STOCK).unwrap().layout, Layout::Header);
         let moved = entry(Some(8), CacheMode::Writeback);
-        assert!(matches!(registration(&moved, Some(&r), false, true), Err(ApplyError::OtherSet { .. })));
+        assert!(matches!(registration(&moved, Some(&r), false, RAW), Err(ApplyError::OtherSet { .. })));
         let none = entry(None, CacheMode::Writethrough);
-        assert!(matches!(registration(&none, Some(&r), false, true), Err(ApplyError::OtherSet { .. })));
+        assert!(matches!(registration(&none, Some(&r), false, RAW), Err(ApplyError::OtherSet { .. })));
+    }
+
+    #[test]
+    fn a_detach_not_seen_to_end_is_finished_only_where_the_set_cannot_have_lost_its_end() {
+        const DURABLE: Kernel = Kernel { register_raw: true, durable_detach: true };
+        // bcachetab names no set (bcache detach edited it), the record still
+        // names set 9: the end was never recorded.
+        let detached = entry(None, CacheMode::Writeback);
+        let raw = rec(Some(9), false, Layout::Raw);
+        let reg = registration(&detached, Some(&raw), false, DURABLE).unwrap();
+        // Registered dirty on the set: attached if it still has the slot,
+        // refused ("Couldn't find uuid") if the detach ended.
+        assert_eq!((reg.layout, reg.backing.set_uuid, reg.backing.state), (Layout::Raw, Some(Uuid::from_u128(9)), BdevState::Dirty));
+        assert!(finishes_detach(&detached, &reg));
+        // Whatever the mode: a writethrough device's set may hold dirty data
+        // of the mode it had, and clean would take a new slot.
+        let wt = entry(None, CacheMode::Writethrough);
+        assert_eq!(registration(&wt, Some(&raw), false, DURABLE).unwrap().backing.state, BdevState::Dirty);
+        // An attach written ahead and never seen: the set has the slot or not, the same.
+        let pending = Record { pending: true, ..raw.clone() };
+        assert_eq!(registration(&detached, Some(&pending), false, DURABLE).unwrap().backing.state, BdevState::Dirty);
+        // A module without the durable end (the set may have the slot back
+        // with its old data after a detach that ended), or a header on the
+        // stock kernel: down, for the operator.
+        assert!(matches!(registration(&detached, Some(&raw), false, RAW), Err(ApplyError::OtherSet { named: None, .. })));
+        let header = rec(Some(9), false, Layout::Header);
+        assert!(matches!(registration(&detached, Some(&header), false, STOCK), Err(ApplyError::OtherSet { .. })));
+        // A header on the patched module: the stock kernel's header path.
+        let pinned = Entry { options: Options { layout: Some(Layout::Header), ..detached.options.clone() }, ..detached.clone() };
+        assert!(matches!(registration(&pinned, Some(&header), false, DURABLE), Err(ApplyError::OtherSet { .. })));
+        // bcachetab names another set: not a detach.
+        let moved = entry(Some(8), CacheMode::Writeback);
+        assert!(matches!(registration(&moved, Some(&raw), false, DURABLE), Err(ApplyError::OtherSet { .. })));
+        // Stale (it ran without the set): no set, as before.
+        let stale = rec(Some(9), true, Layout::Raw);
+        let reg = registration(&detached, Some(&stale), false, DURABLE).unwrap();
+        assert_eq!((reg.backing.set_uuid, reg.backing.state), (None, BdevState::None));
+        assert!(!finishes_detach(&detached, &reg));
+        // Detached and recorded: no set.
+        let free = rec(None, false, Layout::Raw);
+        let reg = registration(&detached, Some(&free), false, DURABLE).unwrap();
+        assert_eq!((reg.backing.set_uuid, reg.backing.state), (None, BdevState::None));
+        // A line that names its set is no detach.
+        let wb = entry(Some(9), CacheMode::Writeback);
+        assert!(!finishes_detach(&wb, &registration(&wb, Some(&raw), false, DURABLE).unwrap()));
+    }
+
+    #[test]
+    fn the_durable_detach_is_the_modules_word_not_register_raw() {
+        let tmp = tempfile::tempdir().unwrap();
+        let sysfs = Sysfs::with_root(tmp.path());
+        assert_eq!(Kernel::detect(&sysfs), STOCK, "no bcache");
+        let dir = tmp.path().join("sys/fs/bcache");
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("register"), "").unwrap();
+        assert_eq!(Kernel::detect(&sysfs), STOCK);
+        std::fs::write(dir.join("register_raw"), "").unwrap();
+        assert_eq!(Kernel::detect(&sysfs), RAW, "raw_state alone is no word: earlier patches had it");
+        std::fs::write(dir.join("features"), "raw_state durable_detach\n").unwrap();
+        assert_eq!(Kernel::detect(&sysfs), Kernel { register_raw: true, durable_detach: true });
+        std::fs::write(dir.join("features"), "durable_detach_not\n").unwrap();
+        assert_eq!(Kernel::detect(&sysfs), RAW);
+    }
+
+    #[test]
+    fn the_end_of_a_detach_forgets_the_set() {
+        let mut r = Record { mode: Some(CacheMode::Writeback), state: Some(BdevState::Dirty), ..rec(Some(9), false, Layout::Raw) };
+        note(&mut r, None, Some(BdevState::None), None, true);
+        assert_eq!((r.attached, r.pending, r.stale, r.state), (None, false, false, Some(BdevState::None)));
+        // Registered again without a set: state none, never waiting.
+        let detached = entry(None, CacheMode::Writeback);
+        let reg = registration(&detached, Some(&r), false, RAW).unwrap();
+        assert_eq!((reg.backing.set_uuid, reg.backing.state), (None, BdevState::None));
     }
 
     #[test]
@@ -288,10 +414,10 @@ mod tests {
         let wb = entry(Some(9), CacheMode::Writeback);
         let mut r = rec(Some(9), false, Layout::Raw);
         r.identity.sectors = Some(2048);
-        assert_eq!(registration(&wb, Some(&r), false, true).unwrap().backing.size, Some(2048));
+        assert_eq!(registration(&wb, Some(&r), false, RAW).unwrap().backing.size, Some(2048));
         // A header's table is built from the device as it is.
         r.layout = Some(Layout::Header);
-        assert_eq!(registration(&wb, Some(&r), false, true).unwrap().backing.size, None);
-        assert_eq!(registration(&wb, None, false, true).unwrap().backing.size, None);
+        assert_eq!(registration(&wb, Some(&r), false, RAW).unwrap().backing.size, None);
+        assert_eq!(registration(&wb, None, false, RAW).unwrap().backing.size, None);
     }
 }

@@ -4,11 +4,12 @@
 
 use std::fs;
 use std::path::Path;
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use uuid::Uuid;
 
-use crate::superblock::CacheMode;
+use crate::layout::header;
+use crate::superblock::{BdevState, CacheMode};
 use crate::tab::env::{fault, since_file, ApplyError, Env};
 use crate::tab::file::{self, Entry, Tab};
 use crate::tab::identity::Resolver;
@@ -112,19 +113,160 @@ pub fn mark_stale(env: &Env, uuid: &Uuid) -> Result<(), ApplyError> {
 
 /// `bcache detach` of a registered backing device (sysfs directory `dir`)
 /// from its set; then a bcachetab device's line names no set. Its record
-/// keeps the set until the kernel reports the detach done: until then the
-/// device is not registered without it. True for a bcachetab device.
-pub fn detach(env: &Env, name: &str, dir: &Path) -> Result<bool, ApplyError> {
+/// keeps the set until the kernel shows the detach done: until then the
+/// device is not registered without it. With `wait`, that end is waited
+/// for ([`wait_detached`]) and recorded ([`record_detached`]): then a
+/// write to the device, a power cut and the set's return cannot give the
+/// set's old data back to it, whatever the set's journal lost.
+pub fn detach(env: &Env, name: &str, dir: &Path, wait: Option<DetachWait>) -> Result<Detached, ApplyError> {
     let uuid = env.sysfs.read(&dir.join("backing_dev_uuid")).ok().and_then(|u| u.parse::<Uuid>().ok());
+    let tab_device = match uuid {
+        Some(u) if is_tab_device(env, &u)? => Some(u),
+        _ => None,
+    };
     fault(dir, "detach:before-kernel")?;
     // The kernel writes back dirty data before it lets go; the attribute
     // returns at once.
     env.sysfs.write(name, &dir.join("detach"), "1")?;
     fault(dir, "detach:after-kernel")?;
-    match uuid {
-        Some(u) if is_tab_device(env, &u)? => Ok(file::set_cset(&env.tab, &u, None)?),
-        _ => Ok(false),
+    let Some(uuid) = tab_device else { return Ok(Detached::NotTab) };
+    let in_tab = file::set_cset(&env.tab, &uuid, None)?;
+    let Some(wait) = wait else { return Ok(Detached::Started { in_tab }) };
+    match wait_detached(env, &uuid, dir, wait) {
+        Ended::Yes => {
+            record_detached(env, &uuid)?;
+            Ok(Detached::Finished { in_tab })
+        }
+        Ended::Stalled { dirty } => Ok(Detached::StillDetaching { in_tab, dirty }),
+        Ended::Gone => Ok(Detached::Gone { in_tab }),
     }
+}
+
+/// How [`detach`] waits for the kernel's end of the detach.
+pub struct DetachWait<'a> {
+    /// Given up once the dirty data left (`dirty_data`) has not changed
+    /// for this long: the writeback is stuck.
+    pub stall: Duration,
+    /// Given up after this long in any case.
+    pub limit: Option<Duration>,
+    /// Told of the dirty data left each time it changes, from a second
+    /// into the wait (a writeback long enough to be worth showing).
+    pub progress: &'a mut dyn FnMut(&str),
+}
+
+/// What [`detach`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Detached {
+    /// Not a bcachetab device: the kernel was told; its own superblock
+    /// records the end.
+    NotTab,
+    /// A bcachetab device (`in_tab`: its line named a set, which it names
+    /// no more): the kernel was told, the end not waited for. The record
+    /// keeps the set until an event or `bcache tab reconcile` shows the end.
+    Started { in_tab: bool },
+    /// The kernel showed the end and the state file records it.
+    Finished { in_tab: bool },
+    /// The dirty data left stopped changing before the end: the kernel
+    /// goes on with the detach, the record keeps the set.
+    StillDetaching { in_tab: bool, dirty: Option<String> },
+    /// The device was stopped or removed before the end was seen.
+    Gone { in_tab: bool },
+}
+
+/// What [`wait_detached`] saw.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Ended {
+    Yes,
+    Stalled { dirty: Option<String> },
+    Gone,
+}
+
+/// Waits until the kernel shows that the device (sysfs directory `dir`)
+/// let go of its set: the `cache` link gone, and the set no longer in what
+/// the kernel holds of its superblock (a raw device's `raw_state`, a
+/// header's superblock; with the patched module's fix both change only once
+/// the set's slot for the device is invalidated on disk). Bounded: gives up
+/// once `dirty_data` has not changed for `wait.stall`.
+pub fn wait_detached(env: &Env, uuid: &Uuid, dir: &Path, wait: DetachWait) -> Ended {
+    let start = Instant::now();
+    let read = |attr: &str| fs::read_to_string(dir.join(attr)).ok().map(|s| s.trim().to_owned());
+    let mut last = read("dirty_data");
+    let mut changed = Instant::now();
+    let mut shown = None;
+    loop {
+        if !dir.is_dir() {
+            return Ended::Gone;
+        }
+        if detach_shown(env, uuid, dir) {
+            return Ended::Yes;
+        }
+        let dirty = read("dirty_data");
+        if dirty != last {
+            last = dirty;
+            changed = Instant::now();
+        }
+        if start.elapsed() >= Duration::from_secs(1) && shown != last {
+            if let Some(d) = &last {
+                (wait.progress)(d);
+            }
+            shown = last.clone();
+        }
+        if changed.elapsed() >= wait.stall || wait.limit.is_some_and(|l| start.elapsed() >= l) {
+            return Ended::Stalled { dirty: last };
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Whether the kernel shows the detach of the device (sysfs directory
+/// `dir`) done.
+pub fn detach_shown(env: &Env, uuid: &Uuid, dir: &Path) -> bool {
+    if fs::symlink_metadata(dir.join("cache")).is_ok() || !dir.is_dir() {
+        return false;
+    }
+    if let Ok(line) = fs::read_to_string(dir.join("raw_state")) {
+        // The patched module's view of a raw device.
+        let set = line.split_ascii_whitespace().find_map(|w| w.strip_prefix("set_uuid="));
+        return set.and_then(|s| s.parse::<Uuid>().ok()).is_some_and(|s| s.is_nil());
+    }
+    match header::read_back(&env.run_dir, uuid) {
+        // What the stock kernel wrote into the header.
+        Some(sb) => sb.state() == BdevState::None && sb.set_uuid.is_nil(),
+        None => true,
+    }
+}
+
+/// A device registered on a set its line no longer names, to finish a
+/// detach not seen to end ([`rules::finishes_detach`]), that the set
+/// attached: it still had the device's slot, so the detach never ended. It
+/// is detached again and, if the end comes within a bound (a registration
+/// at boot must not wait for a long writeback), the end recorded; if not,
+/// the kernel's event records it, or the next registration finishes it.
+/// `name` names the device in messages.
+pub fn finish_detach(env: &Env, uuid: &Uuid, name: &str, dir: &Path) -> Result<(), ApplyError> {
+    let Some(set) = attached_set(dir) else { return Ok(()) };
+    eprintln!("bcache: {name}: its detach from cache set {set} had not ended: detaching it again");
+    env.sysfs.write(name, &dir.join("detach"), "1")?;
+    let bound = Duration::from_secs(30);
+    match wait_detached(env, uuid, dir, DetachWait { stall: bound, limit: Some(bound), progress: &mut |_| {} }) {
+        Ended::Yes => record_detached(env, uuid),
+        Ended::Stalled { dirty } => {
+            eprintln!(
+                "bcache: {name}: still detaching from cache set {set} ({} of dirty data left): its end is recorded \
+                 from the kernel's event, or by bcache detach {name}",
+                dirty.as_deref().unwrap_or("some")
+            );
+            Ok(())
+        }
+        Ended::Gone => Ok(()),
+    }
+}
+
+/// The detach's end, seen in what the kernel shows: the record forgets the
+/// set (the state file, or the journal under /run when it cannot be
+/// written: the error says so).
+pub fn record_detached(env: &Env, uuid: &Uuid) -> Result<(), ApplyError> {
+    Ok(env.store().record_fact(*uuid, "the detach's end", |r| rules::note(r, None, Some(BdevState::None), None, true))?)
 }
 
 /// What [`wait`] did.
@@ -165,5 +307,93 @@ pub fn wait(env: &Env, entry: &Entry) -> Result<Waited, ApplyError> {
             // Up, or something no timeout may change (dirty, down, missing).
             _ => return Ok(if matches!(st, Status::Up { .. }) { Waited::Up(st) } else { Waited::NoTimeout(st) }),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::superblock::{BackingParams, Label, Superblock, SB_START};
+    use crate::sysfs::Sysfs;
+
+    fn env(root: &Path) -> Env {
+        Env { sysfs: Sysfs::with_root(root), run_dir: root.join("run"), ..Env::default() }
+    }
+
+    #[test]
+    fn a_raw_detach_ends_when_the_link_is_gone_and_raw_state_names_no_set() {
+        let tmp = tempfile::tempdir().unwrap();
+        let env = env(tmp.path());
+        let dir = tmp.path().join("sys/block/vda/bcache");
+        fs::create_dir_all(&dir).unwrap();
+        let uuid = Uuid::from_u128(1);
+        let raw = |set: Uuid, state: &str| {
+            fs::write(dir.join("raw_state"), format!("uuid={uuid} set_uuid={set} state={state} cache_mode=writeback label= seq=4 uevent_errors=0\n"))
+                .unwrap()
+        };
+        raw(Uuid::from_u128(9), "dirty");
+        std::os::unix::fs::symlink("../../../fs/bcache/00000000-0000-0000-0000-000000000009", dir.join("cache")).unwrap();
+        assert!(!detach_shown(&env, &uuid, &dir));
+        // Written back (the stock order: state none before the slot goes),
+        // still attached.
+        raw(Uuid::nil(), "none");
+        assert!(!detach_shown(&env, &uuid, &dir));
+        fs::remove_file(dir.join("cache")).unwrap();
+        assert!(detach_shown(&env, &uuid, &dir));
+        // The link gone while the kernel still holds the set: not the end.
+        raw(Uuid::from_u128(9), "dirty");
+        assert!(!detach_shown(&env, &uuid, &dir));
+        fs::remove_dir_all(&dir).unwrap();
+        assert!(!detach_shown(&env, &uuid, &dir));
+    }
+
+    #[test]
+    fn a_header_detach_ends_when_the_link_is_gone_and_the_header_says_none() {
+        let tmp = tempfile::tempdir().unwrap();
+        let env = env(tmp.path());
+        let dir = tmp.path().join("sys/block/dm-0/bcache");
+        fs::create_dir_all(&dir).unwrap();
+        let uuid = Uuid::from_u128(1);
+        let header = |set: Uuid, state: BdevState| {
+            let mut sb = Superblock::new_backing(&BackingParams {
+                uuid,
+                set_uuid: set,
+                label: Label::new("").unwrap(),
+                block_sectors: 1,
+                bucket_sectors: 1024,
+                data_offset: 16,
+                cache_mode: CacheMode::Writeback,
+            });
+            sb.set_state(state);
+            sb.seal();
+            let mut bytes = vec![0u8; 8192];
+            bytes[SB_START as usize..].copy_from_slice(&sb.to_bytes());
+            let file = header::header_file(&env.run_dir, &uuid);
+            fs::create_dir_all(file.parent().unwrap()).unwrap();
+            fs::write(file, bytes).unwrap();
+        };
+        header(Uuid::from_u128(9), BdevState::Dirty);
+        assert!(!detach_shown(&env, &uuid, &dir), "registered dirty, not attached: no detach");
+        header(Uuid::nil(), BdevState::None);
+        assert!(detach_shown(&env, &uuid, &dir));
+        std::os::unix::fs::symlink("../x", dir.join("cache")).unwrap();
+        assert!(!detach_shown(&env, &uuid, &dir));
+    }
+
+    #[test]
+    fn the_detach_wait_gives_up_when_the_dirty_data_stops_changing() {
+        let tmp = tempfile::tempdir().unwrap();
+        let env = env(tmp.path());
+        let dir = tmp.path().join("sys/block/vda/bcache");
+        fs::create_dir_all(&dir).unwrap();
+        std::os::unix::fs::symlink("../x", dir.join("cache")).unwrap();
+        fs::write(dir.join("dirty_data"), "1.5M\n").unwrap();
+        let mut shown = Vec::new();
+        let wait = DetachWait { stall: Duration::from_millis(1300), limit: None, progress: &mut |d| shown.push(d.to_owned()) };
+        let ended = wait_detached(&env, &Uuid::from_u128(1), &dir, wait);
+        assert_eq!(ended, Ended::Stalled { dirty: Some("1.5M".into()) });
+        assert_eq!(shown, ["1.5M"], "shown once, a second in");
+        let wait = DetachWait { stall: Duration::from_secs(60), limit: Some(Duration::from_millis(200)), progress: &mut |_| {} };
+        assert!(matches!(wait_detached(&env, &Uuid::from_u128(1), &dir, wait), Ended::Stalled { .. }));
     }
 }
