@@ -11,7 +11,7 @@ use std::path::Path;
 
 use libfuzzer_sys::fuzz_target;
 
-use bcache::tab::rules::registration;
+use bcache::tab::rules::{registration, Kernel};
 use bcache::tab::file::{self, DeviceIds, DeviceSpec, Tab};
 use bcache::tab::records::State;
 
@@ -45,8 +45,9 @@ fuzz_target!(|data: &[u8]| {
         assert!(again.conflicts.is_empty(), "{:?}", again.conflicts);
         assert_eq!((&again.records, again.is_copy), (&state.records, state.is_copy));
         for e in &tab.entries {
-            for has_raw in [false, true] {
-                let _ = registration(e, state.get(&e.uuid), state.is_copy, has_raw);
+            for (register_raw, durable_detach) in [(false, false), (true, false), (true, true)] {
+                let kernel = Kernel { register_raw, durable_detach };
+                let _ = registration(e, state.get(&e.uuid), state.is_copy, kernel);
             }
         }
     }
