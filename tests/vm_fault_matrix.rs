@@ -530,6 +530,8 @@ fn cell(t: Transition, f: Fault, layout: Layout) {
     // of the slot on disk before the end shows): then a set that still has
     // the slot never finished the detach.
     let durable = layout == Layout::Raw && out1.value("features").is_some_and(|f| f.split_whitespace().any(|w| w == "durable_detach"));
+    // The patched module of this repository says so: its branch is proven.
+    assert_eq!(durable, layout == Layout::Raw, "features: {:?}", out1.value("features"));
     let ends = match (t, f) {
         (Transition::Attach, Fault::VarReadOnly) => Ends::Detached,
         (Transition::Detach, Fault::CutBefore) => Ends::Attached,
