@@ -297,6 +297,41 @@ fn tunables_survive_a_later_attach_raw() {
     tunables_survive_a_later_attach(true);
 }
 
+/// Finding (after the fix above): `bcache attach` of a line's device left
+/// writeback_running as the kernel's attach sets it (1), whatever the line
+/// says. The line's tunables are written again after the attach.
+fn tunables_survive_bcache_attach(patched: bool) {
+    let scratch = Scratch::new();
+    let (backing, cache) = disks(&scratch);
+    let out = guest(patched).disk(&backing).disk(&cache).run(&format!(
+        r#"{RES}
+        check adopt bcache adopt /dev/vda --name d --force -o writeback_running=0,sequential_cutoff=1M,writeback_percent=40
+        wait_for /dev/bcache0
+        check make_cache bcache make -C /dev/vdb
+        check register_cache bcache register /dev/vdb
+        wait_until 60 test -e /sys/block/vdb/bcache/set
+        CSET=$(basename "$(readlink -f /sys/block/vdb/bcache/set)")
+        check attach bcache attach $CSET /dev/bcache0
+        {ATTACHED}
+        {TUNABLES}
+        {SAVE}
+        "#
+    ));
+    report("adopt without a set, then bcache attach", &out);
+    out.assert_ok();
+    assert_tunables(&out);
+}
+
+#[test]
+fn tunables_survive_bcache_attach_header() {
+    tunables_survive_bcache_attach(false);
+}
+
+#[test]
+fn tunables_survive_bcache_attach_raw() {
+    tunables_survive_bcache_attach(true);
+}
+
 /// Finding: two disks with no serial, no PARTUUID, no file system and one
 /// size had the same identity, which tells neither from the other: adopt
 /// refuses such a writeback device unless forced (its record could not

@@ -58,10 +58,7 @@ pub fn bring_up(env: &Env, entry: &Entry, path: &Path) -> Result<Status, ApplyEr
         if rules::finishes_detach(entry, &reg) {
             transition::finish_detach(env, &entry.uuid, &shown, &dir)?;
         }
-        for t in &entry.options.tunables {
-            fault(&dir.join(t.attr), "tunable")?;
-            env.sysfs.write(&shown, &dir.join(t.attr), &t.value)?;
-        }
+        transition::write_tunables(env, entry, &shown, &dir)?;
     }
     Ok(live_at(env, entry, path).0)
 }
@@ -180,17 +177,11 @@ pub fn after_caches_registered(log: Option<KernelLog>) -> Result<(), ApplyError>
             }
             // Attached by a set that came after the device (or registered
             // again by the settle): the line's tunables, as after a
-            // registration. The kernel's attach sets writeback_running=1
-            // whatever was written before (bch_cached_dev_writeback_start),
-            // and a device registered again has every tunable at its default.
+            // registration.
             let name = dir.parent().and_then(|d| fs::canonicalize(d).ok()).and_then(|d| Some(d.file_name()?.to_string_lossy().into_owned()));
             let by_the_set = name.is_some_and(|n| attached_now.contains(&n) || no_slot.contains(&n));
             if by_the_set && attached_set(&dir).is_some() {
-                let shown = path.to_string_lossy();
-                for t in &e.options.tunables {
-                    fault(&dir.join(t.attr), "tunable")?;
-                    env.sysfs.write(&shown, &dir.join(t.attr), &t.value)?;
-                }
+                transition::write_tunables(&env, e, &path.to_string_lossy(), &dir)?;
             }
             Ok(())
         })();

@@ -84,7 +84,23 @@ pub fn attach(env: &Env, name: &str, dir: &Path, set: Uuid) -> Result<bool, Appl
     }
     fault(dir, "attach:after-kernel")?;
     record_attachment(env, &uuid, dir)?;
+    if let Some(entry) = Tab::load(&env.tab).map_err(|e| ApplyError::Io(env.tab.clone(), e))?.by_uuid(&uuid) {
+        write_tunables(env, entry, name, dir)?;
+    }
     Ok(true)
+}
+
+/// A line's tunables, written to its registered device (sysfs directory
+/// `dir`): after its registration, and after an attach, which turns
+/// writeback_running on whatever was written before
+/// (bch_cached_dev_writeback_start); a device registered again has every
+/// tunable at its default.
+pub fn write_tunables(env: &Env, entry: &Entry, shown: &str, dir: &Path) -> Result<(), ApplyError> {
+    for t in &entry.options.tunables {
+        fault(&dir.join(t.attr), "tunable")?;
+        env.sysfs.write(shown, &dir.join(t.attr), &t.value)?;
+    }
+    Ok(())
 }
 
 /// `bcache run`: a registered backing device (sysfs directory `dir`) runs
