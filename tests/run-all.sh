@@ -27,5 +27,9 @@ kernel/build.sh "$(cat "${BCACHE_VM_CACHE:-${HOME:-/root}/.cache/bcache-tools-vm
 cargo test --lib --bins --tests -- --test-threads=2
 # The stock behaviour, again on the patched module.
 BCACHE_VM_PATCHED=1 cargo test --test vm_kernel -- --test-threads=2
+# The soak (FAULT-MATRIX.md, "Soak"; #[ignore]d above): fio's verify writes on
+# four adopted writeback devices while their cache set is stopped and brought
+# back 20 times, about 15 minutes in one guest. Needs fio on the host.
+cargo test --test vm_soak -- --ignored --nocapture fio_verify_on_four_writeback_devices_across_twenty_set_stops
 # The superblock parser must never panic (cargo-fuzz, installed if missing).
 fuzz/run.sh "${FUZZ_SECONDS:-60}"
