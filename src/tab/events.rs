@@ -13,8 +13,8 @@ use crate::tab::env::{ApplyError, Env};
 use crate::tab::file::Tab;
 use crate::tab::identity::Resolver;
 use crate::tab::records;
-use crate::tab::rules::note;
-use crate::tab::status::live;
+use crate::tab::rules::{note, seen_running_without_set};
+use crate::tab::status::{live, running_without_set};
 use crate::tab::transition::record_attachment;
 
 /// Properties of a block device, as a udev event would carry them.
@@ -36,9 +36,11 @@ pub fn record_uevent(env: &Env, props: Props) -> Result<(), ApplyError> {
 /// Brings the state file up to what happened while it could not be
 /// written or was a copy, and to what the kernel shows now: the journal
 /// an initramfs (or a failed record) left, what the kernel wrote into the
-/// headers, and the attach of each registered device. Towards the
-/// conservative side only: an attach is recorded, a detach only as the
-/// kernel reported it. True when a journal was merged.
+/// headers, the attach of each registered device, and the stale mark of
+/// one running without the set its line names where the set may hold a
+/// slot for it. Towards the conservative side only: an attach is
+/// recorded, a detach only as the kernel reported it. True when a journal
+/// was merged.
 pub fn reconcile(env: &Env, tab: &Tab) -> Result<bool, ApplyError> {
     let merged = records::merge_journal(&env.store())?;
     sync_headers(env, tab)?;
@@ -48,6 +50,16 @@ pub fn reconcile(env: &Env, tab: &Tab) -> Result<bool, ApplyError> {
             if let Some(k) = KernelView::read(&dir).filter(|k| k.seq > 0 && k.uuid == e.uuid) {
                 env.store().record_fact(e.uuid, "the state the kernel shows", |r| {
                     note(r, k.set, Some(k.state), Some(k.mode), true)
+                })?;
+            }
+            // Run without its set by a step that did not record it (a
+            // register by hand with state none, a run): the set may give
+            // it old data at the next attach unless its slot is dropped.
+            // After the kernel's own view (a detach's end forgets the set
+            // first), before the attach (one made meanwhile confirms it).
+            if let Some((_, shown)) = running_without_set(e, &dir) {
+                env.store().record_fact(e.uuid, "the stale mark of a device running without its set", |r| {
+                    seen_running_without_set(r, shown)
                 })?;
             }
             record_attachment(env, &e.uuid, &dir)?;

@@ -15,6 +15,7 @@
 //! | detach not seen to end (raw, a module whose detach end is durable) | | registered dirty on the set the record names ([`registration`]) | attached: detached again, the end recorded; refused for want of a slot (the detach ended): registered as new without a set, the end recorded |
 //! | mode change | (a line's mode; writeback kept recorded) | `cache_mode` | the mode reported ([`note`]) |
 //! | forced run, timeout run | the stale mark ([`mark_stale`]) | `running` | |
+//! | seen running without its set (run or registered by hand) | | | the stale mark, where the record says the set may hold a slot ([`seen_running_without_set`]) |
 //! | set returns | | the set attaches the waiting device | confirmed; a dirty registration refused for want of a slot settled afresh when nothing says the set held data for it |
 
 use uuid::Uuid;
@@ -212,6 +213,25 @@ pub fn mark_stale(r: &mut Record) {
     r.state = Some(BdevState::Stale);
 }
 
+/// Whether a device seen running without the set its line names (`shown`:
+/// the state the kernel shows, none or stale) needs the stale mark: its
+/// record says the set may hold a slot for it, maybe with data older than
+/// what it is written now (run by hand, or registered by hand with state
+/// none). Not for a registration of ours with state none whose attach was
+/// never seen: that is adopt's new device, which the set takes afresh when
+/// it comes, and on a header nothing but a later reconcile would see that
+/// attach and drop the mark before the next boot drops the set's data.
+pub fn needs_stale_mark(r: &Record, shown: BdevState) -> bool {
+    r.attached.is_some() && !r.stale && !(r.pending && shown == BdevState::None)
+}
+
+/// [`needs_stale_mark`], recorded.
+pub fn seen_running_without_set(r: &mut Record, shown: BdevState) {
+    if needs_stale_mark(r, shown) {
+        mark_stale(r);
+    }
+}
+
 /// The attach the kernel shows: the set holds a slot for the device, a
 /// fresh one if it was stale.
 pub fn confirm_attach(r: &mut Record, set: Uuid) {
@@ -407,6 +427,42 @@ mod tests {
         let detached = entry(None, CacheMode::Writeback);
         let reg = registration(&detached, Some(&r), false, RAW).unwrap();
         assert_eq!((reg.backing.set_uuid, reg.backing.state), (None, BdevState::None));
+    }
+
+    #[test]
+    fn a_device_seen_running_without_its_set_is_marked_stale_only_where_the_set_may_hold_its_slot() {
+        let seen = |mut r: Record, shown| {
+            seen_running_without_set(&mut r, shown);
+            r
+        };
+        // Attached (confirmed), then registered by hand with state none or run:
+        // the next registration is stale, the set's old data dropped.
+        for shown in [BdevState::None, BdevState::Stale] {
+            let r = seen(rec(Some(9), false, Layout::Raw), shown);
+            assert!(r.stale && r.state == Some(BdevState::Stale) && r.attached == Some(Uuid::from_u128(9)));
+            let wb = entry(Some(9), CacheMode::Writeback);
+            assert_eq!(registration(&wb, Some(&r), false, RAW).unwrap().backing.state, BdevState::Stale);
+        }
+        // Run by hand while an attach was pending: the set may have the slot.
+        let pending = Record { pending: true, ..rec(Some(9), false, Layout::Raw) };
+        assert!(seen(pending.clone(), BdevState::Stale).stale);
+        // Adopt's new device registered with state none, its set not there:
+        // the set attaches it afresh whenever it comes.
+        assert_eq!(seen(pending.clone(), BdevState::None), pending);
+        // No set recorded (a detach's end recorded), or stale already: unchanged.
+        let free = rec(None, false, Layout::Raw);
+        assert_eq!(seen(free.clone(), BdevState::None), free);
+        let stale = Record { state: Some(BdevState::Stale), ..rec(Some(9), true, Layout::Raw) };
+        assert_eq!(seen(stale.clone(), BdevState::Stale), stale);
+        // A detach seen mid-way (its end shown before the tool recorded it):
+        // the mark is harmless, the end forgets it with the set.
+        let mut r = seen(rec(Some(9), false, Layout::Raw), BdevState::None);
+        note(&mut r, None, Some(BdevState::None), None, true);
+        assert_eq!((r.attached, r.pending, r.stale), (None, false, false));
+        // The set attaching it (its return): the mark goes with the confirmation.
+        let mut r = seen(rec(Some(9), false, Layout::Raw), BdevState::None);
+        note(&mut r, Some(Uuid::from_u128(9)), Some(BdevState::Clean), None, true);
+        assert!(!r.stale);
     }
 
     #[test]

@@ -7,11 +7,13 @@ use uuid::Uuid;
 
 use crate::device::{Access, Device};
 use crate::layout::header;
-use crate::superblock::CacheMode;
+use crate::superblock::{BdevState, CacheMode};
 use crate::sysfs::Registered;
 use crate::tab::env::Env;
 use crate::tab::file::Entry;
 use crate::tab::identity::Resolver;
+use crate::tab::records::State;
+use crate::tab::rules;
 
 /// A device's live status.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
@@ -21,10 +23,55 @@ pub enum Status {
     Missing,
     /// Present, not registered.
     Down { device: String },
-    /// Running as /dev/bcacheN.
-    Up { device: String, bcache: String },
+    /// Running as /dev/bcacheN; `without_set` when its line names a set
+    /// it is not attached to.
+    Up {
+        device: String,
+        bcache: String,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        without_set: Option<WithoutSet>,
+    },
     /// Registered, waiting for its cache set.
     Waiting { device: String, set: Option<Uuid>, dirty: bool },
+}
+
+/// A device running without the cache set its line names.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct WithoutSet {
+    pub set: Uuid,
+    pub mark: Mark,
+}
+
+/// What its record does about the set's data for it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Mark {
+    /// Marked stale: the set's data for it is dropped at its next attach.
+    Stale,
+    /// The record says the set may hold a slot for it, but has no stale
+    /// mark (the state file could not be written): the next registration
+    /// may give it the set's old data.
+    Unmarked,
+    /// Nothing of the set's to drop: it attaches afresh.
+    Afresh,
+}
+
+impl std::fmt::Display for WithoutSet {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let set = self.set;
+        match self.mark {
+            Mark::Stale => write!(
+                f,
+                "running without cache set {set}: the set's data for it is dropped at its next attach (marked stale)"
+            ),
+            Mark::Unmarked => write!(
+                f,
+                "running without cache set {set}, and not marked stale (the state file could not be written): \
+                 its next registration may give it the set's old data; make the state file writable and run bcache tab check"
+            ),
+            Mark::Afresh => write!(f, "running without cache set {set}: it attaches to it afresh"),
+        }
+    }
 }
 
 impl std::fmt::Display for Status {
@@ -32,7 +79,8 @@ impl std::fmt::Display for Status {
         match self {
             Status::Missing => f.write_str("missing: no device matches"),
             Status::Down { .. } => f.write_str("down"),
-            Status::Up { bcache, .. } => write!(f, "up: {bcache}"),
+            Status::Up { bcache, without_set: None, .. } => write!(f, "up: {bcache}"),
+            Status::Up { bcache, without_set: Some(w), .. } => write!(f, "up: {bcache}, {w}"),
             Status::Waiting { set, dirty, .. } => {
                 let set = set.map_or("its cache set".to_owned(), |s| format!("cache set {s}"));
                 if *dirty {
@@ -68,6 +116,28 @@ pub fn attached_set(dir: &Path) -> Option<Uuid> {
     fs::read_link(dir.join("cache")).ok()?.file_name()?.to_str()?.parse().ok()
 }
 
+/// The set a running device's line names and the state the kernel shows
+/// for it, when it runs without that set: no `cache` link, and its
+/// superblock as the kernel holds it says no set (none) or run without
+/// one (stale). The kernel's attach writes clean or dirty before it runs
+/// the device and links the set, and a set's stop unlinks it before its
+/// directory goes, both clean or dirty: neither window counts. A device
+/// attached to another set is not this (its registration is refused).
+pub(crate) fn running_without_set(entry: &Entry, dir: &Path) -> Option<(Uuid, BdevState)> {
+    let set = entry.cset?;
+    let read = |attr: &str| fs::read_to_string(dir.join(attr)).map(|s| s.trim().to_owned()).ok();
+    if read("running").as_deref() != Some("1") || fs::symlink_metadata(dir.join("cache")).is_ok() {
+        return None;
+    }
+    // The kernel's names for the superblock states (sysfs.c).
+    let shown = match read("state")?.as_str() {
+        "no cache" => BdevState::None,
+        "inconsistent" => BdevState::Stale,
+        _ => return None,
+    };
+    Some((set, shown))
+}
+
 /// The live status of a line's device.
 pub fn status(env: &Env, resolver: &Resolver, entry: &Entry) -> Status {
     live(env, resolver, entry).0
@@ -89,18 +159,127 @@ pub(crate) fn live_at(env: &Env, entry: &Entry, path: &Path) -> (Status, Option<
         .and_then(|dev| registered_as(env, entry, &dev))
         .and_then(|(_, rdev)| env.sysfs.backing_dir(&device, rdev).ok());
     let Some(dir) = dir else { return (Status::Down { device }, None) };
+    (registered_status(env, entry, device, &dir), Some(dir))
+}
+
+/// The status of a line's device registered with sysfs directory `dir`.
+fn registered_status(env: &Env, entry: &Entry, device: String, dir: &Path) -> Status {
     let read = |attr: &str| fs::read_to_string(dir.join(attr)).map(|s| s.trim().to_owned()).ok();
     // The bcache disk is the directory `dev` links to, once it runs.
     let bcache = fs::read_link(dir.join("dev"))
         .ok()
         .and_then(|l| Some(format!("/dev/{}", l.file_name()?.to_str()?)));
-    let status = match (read("running").as_deref(), bcache) {
-        (Some("1"), Some(bcache)) => Status::Up { device, bcache },
+    match (read("running").as_deref(), bcache) {
+        (Some("1"), Some(bcache)) => {
+            let without_set = running_without_set(entry, dir).map(|(set, shown)| {
+                let record = State::load(&env.state).ok().and_then(|s| s.get(&entry.uuid).cloned()).unwrap_or_default();
+                let mark = if record.stale {
+                    Mark::Stale
+                } else if rules::needs_stale_mark(&record, shown) {
+                    Mark::Unmarked
+                } else {
+                    Mark::Afresh
+                };
+                WithoutSet { set, mark }
+            });
+            Status::Up { device, bcache, without_set }
+        }
         _ => Status::Waiting {
             device,
             set: entry.cset,
             dirty: read("state").as_deref() == Some("dirty") || entry.options.mode == CacheMode::Writeback,
         },
-    };
-    (status, Some(dir))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::tab::file::{DeviceSpec, Options};
+    use crate::tab::records::Record;
+
+    const SET: Uuid = Uuid::from_u128(9);
+
+    /// A registered backing device's sysfs directory, running as bcache0,
+    /// its line naming SET, its record attached to SET.
+    fn fixture(root: &Path) -> (Env, Entry, PathBuf) {
+        let env = Env { state: root.join("state"), journal: root.join("journal"), ..Env::default() };
+        let entry = Entry {
+            line: 1,
+            name: None,
+            device: DeviceSpec::Path("/dev/vda".into()),
+            uuid: Uuid::from_u128(1),
+            cset: Some(SET),
+            options: Options { mode: CacheMode::Writeback, ..Options::default() },
+        };
+        let dir = root.join("sys/block/vda/bcache");
+        fs::create_dir_all(&dir).unwrap();
+        fs::write(dir.join("running"), "1\n").unwrap();
+        std::os::unix::fs::symlink("../../bcache0", dir.join("dev")).unwrap();
+        env.store().update(entry.uuid, "a test", |r| *r = Record { attached: Some(SET), ..Record::default() }).unwrap();
+        (env, entry, dir)
+    }
+
+    fn up(env: &Env, entry: &Entry, dir: &Path) -> Status {
+        registered_status(env, entry, "/dev/vda".into(), dir)
+    }
+
+    #[test]
+    fn a_device_running_without_its_lines_set_says_so_and_what_its_record_does_about_it() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (env, entry, dir) = fixture(tmp.path());
+        let state = |s: &str| fs::write(dir.join("state"), format!("{s}\n")).unwrap();
+        let link = || std::os::unix::fs::symlink(format!("../../../fs/bcache/{SET}"), dir.join("cache")).unwrap();
+        // Attached: plain up.
+        state("dirty");
+        link();
+        assert_eq!(up(&env, &entry, &dir).to_string(), "up: /dev/bcache0");
+        // The kernel's attach runs the device before it links the set, and
+        // a set's stop unlinks it before the directory goes: clean or dirty
+        // without the link is neither.
+        fs::remove_file(dir.join("cache")).unwrap();
+        for s in ["clean", "dirty"] {
+            state(s);
+            assert_eq!(running_without_set(&entry, &dir), None, "{s}");
+        }
+        // Registered by hand with state none, or run without it (stale).
+        state("no cache");
+        assert_eq!(running_without_set(&entry, &dir), Some((SET, BdevState::None)));
+        let shown = up(&env, &entry, &dir);
+        assert!(matches!(&shown, Status::Up { without_set: Some(WithoutSet { mark: Mark::Unmarked, .. }), .. }), "{shown:?}");
+        assert!(shown.to_string().starts_with("up: /dev/bcache0, running without cache set"), "{shown}");
+        state("inconsistent");
+        assert_eq!(running_without_set(&entry, &dir), Some((SET, BdevState::Stale)));
+        env.store().update(entry.uuid, "a test", |r| seen_running(r, BdevState::Stale)).unwrap();
+        let shown = up(&env, &entry, &dir).to_string();
+        assert_eq!(
+            shown,
+            format!("up: /dev/bcache0, running without cache set {SET}: the set's data for it is dropped at its next attach (marked stale)")
+        );
+        // Waiting (not running) is not running without the set.
+        fs::write(dir.join("running"), "0\n").unwrap();
+        assert_eq!(running_without_set(&entry, &dir), None);
+        assert!(matches!(up(&env, &entry, &dir), Status::Waiting { .. }));
+        fs::write(dir.join("running"), "1\n").unwrap();
+        // A line naming no set: never.
+        let no_set = Entry { cset: None, ..entry.clone() };
+        assert_eq!(running_without_set(&no_set, &dir), None);
+        assert_eq!(up(&env, &no_set, &dir).to_string(), "up: /dev/bcache0");
+    }
+
+    #[test]
+    fn an_adopted_new_device_up_before_its_set_is_not_marked() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (env, entry, dir) = fixture(tmp.path());
+        fs::write(dir.join("state"), "no cache\n").unwrap();
+        // Registered by us with state none, the attach written ahead.
+        env.store().update(entry.uuid, "a test", |r| r.pending = true).unwrap();
+        let shown = up(&env, &entry, &dir);
+        assert!(matches!(&shown, Status::Up { without_set: Some(WithoutSet { mark: Mark::Afresh, .. }), .. }), "{shown:?}");
+        assert_eq!(shown.to_string(), format!("up: /dev/bcache0, running without cache set {SET}: it attaches to it afresh"));
+    }
+
+    fn seen_running(r: &mut Record, shown: BdevState) {
+        rules::seen_running_without_set(r, shown)
+    }
 }
