@@ -192,9 +192,11 @@ pub struct WaitArgs {
     files: Files,
 }
 
-/// Check bcachetab: syntax, duplicates, devices present, and what the state
-/// file forbids (a layout switch while a cache holds data). Exit status 1
-/// on any problem.
+/// Check bcachetab: syntax, duplicates, devices present, what the state
+/// file forbids (a layout switch while a cache holds data), and a device
+/// running without its line's set whose stale mark could not be recorded
+/// (its next attach may serve the set's old data). Exit status 1 on any
+/// problem.
 #[derive(clap::Args, Debug)]
 pub struct CheckArgs {
     #[command(flatten)]
@@ -242,8 +244,9 @@ pub struct IdentifyArgs {
     files: Files,
 }
 
-/// List bcachetab's devices with their live state (up, waiting and why,
-/// down, missing).
+/// List bcachetab's devices with their live state (up, up without its
+/// line's set and what the record does about it, waiting and why, down,
+/// missing).
 #[derive(clap::Args, Debug)]
 pub struct ListArgs {
     /// JSON, for scripts.
@@ -532,6 +535,14 @@ fn check(args: &CheckArgs) -> anyhow::Result<Outcome> {
         if let Err(why) = rules::registration(e, st.get(&e.uuid), st.is_copy, kernel) {
             eprintln!("bcache tab: {}: {why}", at(&tab, e));
             failed = true;
+        }
+        // Marked stale, a run without the set is safe (a timeout run is
+        // one by design); unmarked, the next attach may serve old data.
+        if let Status::Up { without_set: Some(w), .. } = status::status(&env, &resolver, e) {
+            if w.mark == status::Mark::Unmarked {
+                eprintln!("bcache tab: {}: {w}", at(&tab, e));
+                failed = true;
+            }
         }
     }
     Ok(if failed { Outcome::Exit(1) } else { Outcome::Ok })
