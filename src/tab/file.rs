@@ -108,15 +108,23 @@ fn names_label(escaped: &str, raw: &str) -> bool {
     unescape(escaped) == raw
 }
 
-/// Two paths equal component by component (`/dev//loop0` is `/dev/loop0`),
-/// compared as bytes unless one of them is not in normal form: the
-/// one-device lookup compares every path line with every link of the
-/// device, and building components costs ten times the bytes.
+/// Two paths equal component by component (`/dev//loop0` is `/dev/loop0`).
+/// The one-device lookup compares every path line with every link of the
+/// device, and building components costs ten times the bytes; so the
+/// bytes decide where they can. Past their common prefix (the same
+/// components so far), if neither path goes on with a separator or a dot,
+/// the component each is in has different bytes at the same offset, or
+/// one path ends inside a component the other extends: no separator or
+/// "." component can make them equal. Only a path that continues with '/'
+/// or '.' there is compared component by component.
 fn same_path(a: &str, b: &str) -> bool {
-    // Not in normal form: a doubled separator, a "." component (or a name
-    // starting with a dot: compared the slow way too), a trailing '/'.
-    let odd = |s: &str| s.ends_with('/') || s.as_bytes().windows(2).any(|w| w[0] == b'/' && matches!(w[1], b'/' | b'.'));
-    a == b || ((odd(a) || odd(b)) && Path::new(a) == Path::new(b))
+    let (x, y) = (a.as_bytes(), b.as_bytes());
+    let common = x.iter().zip(y).take_while(|(p, q)| p == q).count();
+    let may_fold = |s: &[u8]| matches!(s.get(common), Some(b'/' | b'.'));
+    if x.len() == y.len() && common == x.len() {
+        return true;
+    }
+    (may_fold(x) || may_fold(y)) && Path::new(a) == Path::new(b)
 }
 
 /// A device field as written, borrowed from the text: what a
@@ -868,8 +876,18 @@ mod tests {
         for (a, b) in [("/dev/loop0", "/dev//loop0"), ("/dev/loop0", "/dev/loop0/"), ("/dev/./loop0", "/dev/loop0"), ("/dev/.x/y", "/dev/.x//y")] {
             assert!(same_path(a, b) && same_path(b, a), "{a} {b}");
         }
-        for (a, b) in [("/dev/loop0", "/dev/loop1"), ("/dev/disk/by-id/a", "/dev/disk/by-id/b"), ("/dev/.x", "/dev/x")] {
+        for (a, b) in [("/dev/loop0", "/dev/loop1"), ("/dev/disk/by-id/a", "/dev/disk/by-id/b"), ("/dev/.x", "/dev/x"), ("/dev/vda", "/dev/vda1"), ("/dev/", "/dev/x")] {
             assert!(!same_path(a, b) && !same_path(b, a), "{a} {b}");
+        }
+    }
+
+    proptest::proptest! {
+        /// The byte shortcut of [`same_path`] never disagrees with Path's
+        /// component comparison (doubled and trailing separators, "." and
+        /// ".." components, names starting with a dot, relative paths).
+        #[test]
+        fn same_path_is_path_equality(a in "[/.ab]{0,10}", b in "[/.ab]{0,10}") {
+            proptest::prop_assert_eq!(same_path(&a, &b), Path::new(&a) == Path::new(&b), "{:?} {:?}", a, b);
         }
     }
 
