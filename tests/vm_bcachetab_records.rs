@@ -4,7 +4,8 @@
 //! dirty data in it); a record from before that mark still comes up with
 //! its set; a line's tunables when the set attaches after the device;
 //! blank disks (no serial, PARTUUID or file system), which their size alone
-//! cannot tell apart. Each test is named after the finding it fixes.
+//! cannot tell apart; a device found running without its set, marked
+//! stale. Each test is named after the finding it fixes.
 
 mod common;
 
@@ -367,4 +368,83 @@ fn blank_disks_of_one_size_are_refused_unless_forced() {
     assert!(identify.contains("cannot be told from the device of") && identify.ends_with("status=1"), "{identify}");
     assert!(out.expect_value("identify_forced").ends_with("status=0"), "{}", out.expect_value("identify_forced"));
     assert_eq!(out.section("bcachetab").lines().filter(|l| !l.starts_with('#')).count(), 3, "{}", out.section("bcachetab"));
+}
+
+/// Finding (the soak): a raw writeback device registered again by hand
+/// with `--state none` before its set, which held its dirty data, ran
+/// without the set (the patched module refuses that attach), and
+/// `bcache tab list` showed it plainly "up", its record unchanged: the
+/// next registration was dirty and took back the set's old data over what
+/// was written since. Now `tab list` says it runs without its set and
+/// records the stale mark; at the next boot the set drops its old data
+/// for it, and the device reads what was written last.
+#[test]
+fn a_device_running_without_its_set_is_shown_so_and_marked_stale() {
+    let scratch = Scratch::new();
+    let (backing, cache) = disks(&scratch);
+    let mut vm = guest(true);
+    vm.disk(&backing).disk(&cache);
+    vm.file("/root/a", pattern(MIB as usize, 0xa), false)
+        .file("/root/b", pattern(MIB as usize, 0xb), false)
+        .file("/root/c", pattern(MIB as usize, 0xc), false);
+    let out = vm.run(&format!(
+        r#"{RES}
+        check make_cache bcache make -C /dev/vdb
+        CSET=$(bcache super-show --json /dev/vdb | sed -n 's/.*"set_uuid": "\(.*\)".*/\1/p')
+        check adopt bcache adopt /dev/vda --cache /dev/vdb --writeback --name d --force -o writeback_running=0
+        wait_for /dev/bcache0
+        wait_until 30 test -e /sys/block/vda/bcache/cache
+        check write_b dd if=/root/b of=/dev/bcache0 {AT} oflag=direct conv=fsync
+        emit dirty "$(cat /sys/block/vda/bcache/state)"
+        U=$(awk '$1 == "d" {{ print $3 }}' /etc/bcachetab)
+        # The set stops with its device; it keeps the slot and B, dirty.
+        echo 1 > /sys/fs/bcache/$CSET/stop
+        wait_until 30 sh -c "! test -e /sys/block/vda/bcache && ! test -e /sys/fs/bcache/$CSET"
+        # The module refuses state none while the set is there and holds a
+        # slot: registered by hand before it, then the set.
+        check register_by_hand bcache register --raw /dev/vda --uuid $U --cset $CSET --mode writeback --state none
+        wait_until 30 test -e /sys/block/vda/bcache/dev
+        B=$(basename "$(readlink /sys/block/vda/bcache/dev)")
+        check register_cache bcache register /dev/vdb
+        wait_until 30 test -e /sys/fs/bcache/$CSET
+        emit alone "$(test -e /sys/block/vda/bcache/cache && echo attached || echo alone)"
+        # The disk's own blocks: A, not the set's B.
+        check reads_a sh -c "dd if=/dev/$B {READ} iflag=direct 2>/dev/null | cmp - /root/a"
+        section list bcache tab list
+        section marked cat /var/lib/bcache/state
+        check tab_check bcache tab check
+        check write_c dd if=/root/c of=/dev/$B {AT} oflag=direct conv=fsync
+        {SAVE}
+        power_cut
+        "#
+    ));
+    report("boot 1: adopted, B dirty in the set, registered by hand before it, C written", &out);
+    out.assert_ok();
+    assert_eq!(out.expect_value("dirty"), "dirty");
+    assert_eq!(out.expect_value("alone"), "alone", "the patched module refuses the state-none attach");
+    let list = out.section("list");
+    assert!(list.contains("up: /dev/bcache") && list.contains("running without cache set"), "{list}");
+    assert!(list.contains("(marked stale)"), "{list}");
+    assert!(out.section("marked").contains("stale=1"), "{}", out.section("marked"));
+
+    // Boot 2: the cache and the device back; the set's B dropped, C read.
+    let mut vm = guest(true);
+    vm.disk(&backing).disk(&cache).file("/root/c", pattern(MIB as usize, 0xc), false);
+    vm.file("/etc/bcachetab", out.section("bcachetab"), false).file("/var/lib/bcache/state", out.section("state"), false);
+    let out2 = vm.run(&format!(
+        r#"{RES}
+        check register_cache bcache register /dev/vdb
+        check apply bcache tab apply --all
+        {ATTACHED}
+        check reads_c sh -c "dd if=/dev/$B {READ} iflag=direct 2>/dev/null | cmp - /root/c"
+        section list bcache tab list
+        {SAVE}
+        "#
+    ));
+    report("boot 2: the cache back", &out2);
+    out2.assert_ok();
+    let list = out2.section("list");
+    assert!(list.contains("up: /dev/bcache") && !list.contains("running without"), "{list}");
+    let state = out2.section("state");
+    assert!(state.contains("attached=") && !state.contains("stale=1"), "{state}");
 }
