@@ -375,8 +375,8 @@ fn blank_disks_of_one_size_are_refused_unless_forced() {
 /// without the set (the patched module refuses that attach), and
 /// `bcache tab list` showed it plainly "up", its record unchanged: the
 /// next registration was dirty and took back the set's old data over what
-/// was written since. Now `tab list` says it runs without its set and
-/// records the stale mark; at the next boot the set drops its old data
+/// was written since. Now `tab apply` and `tab list` say it runs without
+/// its set and record the stale mark; at the next boot the set drops its old data
 /// for it, and the device reads what was written last.
 #[test]
 fn a_device_running_without_its_set_is_shown_so_and_marked_stale() {
@@ -410,6 +410,7 @@ fn a_device_running_without_its_set_is_shown_so_and_marked_stale() {
         emit alone "$(test -e /sys/block/vda/bcache/cache && echo attached || echo alone)"
         # The disk's own blocks: A, not the set's B.
         check reads_a sh -c "dd if=/dev/$B {READ} iflag=direct 2>/dev/null | cmp - /root/a"
+        section applied bcache tab apply --all
         section list bcache tab list
         section marked cat /var/lib/bcache/state
         check tab_check bcache tab check
@@ -422,9 +423,12 @@ fn a_device_running_without_its_set_is_shown_so_and_marked_stale() {
     out.assert_ok();
     assert_eq!(out.expect_value("dirty"), "dirty");
     assert_eq!(out.expect_value("alone"), "alone", "the patched module refuses the state-none attach");
-    let list = out.section("list");
-    assert!(list.contains("up: /dev/bcache") && list.contains("running without cache set"), "{list}");
-    assert!(list.contains("(marked stale)"), "{list}");
+    // tab apply of the device found up marks it, as tab list would.
+    for what in ["applied", "list"] {
+        let shown = out.section(what);
+        assert!(shown.contains("up: /dev/bcache") && shown.contains("running without cache set"), "{what}: {shown}");
+        assert!(shown.contains("(marked stale)"), "{what}: {shown}");
+    }
     assert!(out.section("marked").contains("stale=1"), "{}", out.section("marked"));
 
     // Boot 2: the cache and the device back; the set's B dropped, C read.

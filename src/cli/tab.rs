@@ -383,7 +383,15 @@ fn bring_up(env: &Env, tab_path: &Path, todo: &[(&Entry, PathBuf)]) -> bool {
     let mut ok = true;
     for (e, path) in todo {
         let at = at_line(tab_path, e);
-        match activate::bring_up(env, e, path) {
+        // Found up without its set (registered by hand): marked as tab
+        // list would.
+        let up = activate::bring_up(env, e, path).and_then(|st| match &st {
+            Status::Up { without_set: Some(w), .. } if w.mark == status::Mark::Unmarked => {
+                events::mark_if_without_set(env, e, path)
+            }
+            _ => Ok(st),
+        });
+        match up {
             Ok(st) => println!("{at}: {}: {st}", path.display()),
             Err(err) => {
                 eprintln!("bcache tab apply: {at}: {}: {err}", path.display());

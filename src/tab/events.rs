@@ -10,11 +10,11 @@ use uuid::Uuid;
 use crate::layout::header;
 use crate::superblock::{BdevState, CacheMode};
 use crate::tab::env::{ApplyError, Env};
-use crate::tab::file::Tab;
+use crate::tab::file::{Entry, Tab};
 use crate::tab::identity::Resolver;
 use crate::tab::records;
 use crate::tab::rules::{note, seen_running_without_set};
-use crate::tab::status::{live, running_without_set};
+use crate::tab::status::{live, live_at, running_without_set, Status};
 use crate::tab::transition::record_attachment;
 
 /// Properties of a block device, as a udev event would carry them.
@@ -52,20 +52,35 @@ pub fn reconcile(env: &Env, tab: &Tab) -> Result<bool, ApplyError> {
                     note(r, k.set, Some(k.state), Some(k.mode), true)
                 })?;
             }
-            // Run without its set by a step that did not record it (a
-            // register by hand with state none, a run): the set may give
-            // it old data at the next attach unless its slot is dropped.
             // After the kernel's own view (a detach's end forgets the set
             // first), before the attach (one made meanwhile confirms it).
-            if let Some((_, shown)) = running_without_set(e, &dir) {
-                env.store().record_fact(e.uuid, "the stale mark of a device running without its set", |r| {
-                    seen_running_without_set(r, shown)
-                })?;
-            }
+            mark_without_set(env, e, &dir)?;
             record_attachment(env, &e.uuid, &dir)?;
         }
     }
     Ok(merged)
+}
+
+/// The stale mark of a line's device (sysfs directory `dir`) running
+/// without its set ([`running_without_set`]) by a step that did not record
+/// it (a register by hand with state none, a run): the set may give it old
+/// data at the next attach unless its slot is dropped.
+fn mark_without_set(env: &Env, entry: &Entry, dir: &Path) -> Result<(), ApplyError> {
+    if let Some((_, shown)) = running_without_set(entry, dir) {
+        env.store().record_fact(entry.uuid, "the stale mark of a device running without its set", |r| {
+            seen_running_without_set(r, shown)
+        })?;
+    }
+    Ok(())
+}
+
+/// [`reconcile`]'s stale mark for one line's device, found at `path`
+/// (`tab apply` of a device already up); its status after.
+pub fn mark_if_without_set(env: &Env, entry: &Entry, path: &Path) -> Result<Status, ApplyError> {
+    if let (_, Some(dir)) = live_at(env, entry, path) {
+        mark_without_set(env, entry, &dir)?;
+    }
+    Ok(live_at(env, entry, path).0)
 }
 
 /// What the patched module shows of a raw-registered device

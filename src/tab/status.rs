@@ -49,8 +49,8 @@ pub enum Mark {
     /// Marked stale: the set's data for it is dropped at its next attach.
     Stale,
     /// The record says the set may hold a slot for it, but has no stale
-    /// mark (the state file could not be written): the next registration
-    /// may give it the set's old data.
+    /// mark (not recorded yet, or the state file could not be written):
+    /// the next registration may give it the set's old data.
     Unmarked,
     /// Nothing of the set's to drop: it attaches afresh.
     Afresh,
@@ -66,8 +66,8 @@ impl std::fmt::Display for WithoutSet {
             ),
             Mark::Unmarked => write!(
                 f,
-                "running without cache set {set}, and not marked stale (the state file could not be written): \
-                 its next registration may give it the set's old data; make the state file writable and run bcache tab check"
+                "running without cache set {set}, not marked stale: its next registration may give it the set's \
+                 old data; bcache tab check records the mark, or says why it cannot"
             ),
             Mark::Afresh => write!(f, "running without cache set {set}: it attaches to it afresh"),
         }
@@ -256,6 +256,9 @@ mod tests {
             shown,
             format!("up: /dev/bcache0, running without cache set {SET}: the set's data for it is dropped at its next attach (marked stale)")
         );
+        let json = serde_json::to_value(up(&env, &entry, &dir)).unwrap();
+        assert_eq!(json["status"], "up");
+        assert_eq!(json["without_set"], serde_json::json!({ "set": SET.to_string(), "mark": "stale" }));
         // Waiting (not running) is not running without the set.
         fs::write(dir.join("running"), "0\n").unwrap();
         assert_eq!(running_without_set(&entry, &dir), None);
@@ -265,6 +268,7 @@ mod tests {
         let no_set = Entry { cset: None, ..entry.clone() };
         assert_eq!(running_without_set(&no_set, &dir), None);
         assert_eq!(up(&env, &no_set, &dir).to_string(), "up: /dev/bcache0");
+        assert!(serde_json::to_value(up(&env, &no_set, &dir)).unwrap().get("without_set").is_none());
     }
 
     #[test]
