@@ -24,7 +24,7 @@ pub enum Status {
     /// Present, not registered.
     Down { device: String },
     /// Running as /dev/bcacheN; `without_set` when its line names a set
-    /// it is not attached to.
+    /// and it runs attached to none ([`running_without_set`]).
     Up {
         device: String,
         bcache: String,
@@ -172,13 +172,11 @@ fn registered_status(env: &Env, entry: &Entry, device: String, dir: &Path) -> St
     match (read("running").as_deref(), bcache) {
         (Some("1"), Some(bcache)) => {
             let without_set = running_without_set(entry, dir).map(|(set, shown)| {
-                let record = State::load(&env.state).ok().and_then(|s| s.get(&entry.uuid).cloned()).unwrap_or_default();
-                let mark = if record.stale {
-                    Mark::Stale
-                } else if rules::needs_stale_mark(&record, shown) {
-                    Mark::Unmarked
-                } else {
-                    Mark::Afresh
+                // A state file that cannot be read proves nothing.
+                let mark = match State::load(&env.state).map(|s| s.get(&entry.uuid).cloned().unwrap_or_default()) {
+                    Ok(r) if r.stale => Mark::Stale,
+                    Ok(r) if !rules::needs_stale_mark(&r, shown) => Mark::Afresh,
+                    _ => Mark::Unmarked,
                 };
                 WithoutSet { set, mark }
             });
