@@ -222,7 +222,7 @@ fn man_pages_cover_every_command_without_clashes() {
     for want in [
         "bcache.8", "bcache-make.8", "bcache-super-show.8", "bcache-probe.8", "bcache-register.8",
         "bcache-unregister.8", "bcache-attach.8", "bcache-detach.8", "bcache-stop.8", "bcache-run.8",
-        "make-bcache.8", "probe-bcache.8", "bcache-adopt.8", "bcache-tab.8", "bcache-tab-apply.8",
+        "bcache-set-cachemode.8", "make-bcache.8", "probe-bcache.8", "bcache-adopt.8", "bcache-tab.8", "bcache-tab-apply.8",
         "bcache-tab-check.8", "bcache-tab-list.8", "bcache-tab-wait.8", "bcachetab-apply.8",
     ] {
         assert!(pages.contains(&want.to_owned()), "{want} missing from {pages:?}");
@@ -264,4 +264,14 @@ fn bcachetab_page_names_every_option() {
     for name in bcache::tab::file::option_names() {
         assert!(page.contains(name), "man/bcachetab.5 does not mention {name}");
     }
+}
+
+#[test]
+fn set_cachemode_refuses_an_unknown_mode_before_touching_anything() {
+    let dir = tempfile::tempdir().unwrap();
+    let b = image(dir.path(), "b.img", 64 * MIB);
+    assert!(bcache(&["make", "-B", s(&b)]).status.success());
+    refused(&["set-cachemode", s(&b), "writebehind"], Some(&b), "unknown cache mode 'writebehind'");
+    let out = bcache(&["set-cachemode", s(&b), "writebehind"]);
+    assert_eq!(out.status.code(), Some(2), "a usage error");
 }

@@ -155,6 +155,34 @@ pub struct RunArgs {
     bdev: PathBuf,
 }
 
+/// Change the cache mode of a registered backing device: writethrough,
+/// writeback, writearound or none.
+///
+/// For a device of /etc/bcachetab, its line's mode changes first, then the
+/// state file's record, and only then is the kernel told: a power cut
+/// anywhere between leaves a record that keeps the device waiting for its
+/// cache set wherever the set may hold dirty data. A switch to writeback
+/// is recorded before the kernel can write a byte dirty; a switch away
+/// from writeback keeps writeback recorded while the device has a set (its
+/// dirty data is written back by the kernel, unseen). If the state file
+/// cannot be written (a read-only /var), nothing is changed. A line with
+/// timeout= cannot be switched to writeback: remove timeout= first.
+///
+/// The device must be registered (a backing device, its dm device, or
+/// /dev/bcacheN); changing the mode in the superblock of a device that is
+/// not registered is not supported yet.
+#[derive(clap::Args, Debug)]
+#[command(after_help = "Example:\n  bcache set-cachemode /dev/sdb writeback\n\n\
+    Exit status: 0 once the kernel runs the device in the new mode; 1 otherwise.")]
+pub struct SetCachemodeArgs {
+    /// The registered backing device.
+    #[arg(value_name = "BDEV")]
+    bdev: PathBuf,
+    /// writethrough, writeback, writearound or none.
+    #[arg(value_name = "MODE")]
+    mode: CacheMode,
+}
+
 fn block_rdev(path: &Path) -> anyhow::Result<u64> {
     let meta = std::fs::metadata(path).with_context(|| path.display().to_string())?;
     if !meta.file_type().is_block_device() {
@@ -393,5 +421,24 @@ pub fn run(args: &RunArgs) -> anyhow::Result<Outcome> {
         );
     }
     bcache::tab::transition::run_without_set(&Env::default(), &name, &dir, !attached && (state == "dirty" || state == "clean"))?;
+    Ok(Outcome::Ok)
+}
+
+pub fn set_cachemode(args: &SetCachemodeArgs) -> anyhow::Result<Outcome> {
+    let sysfs = Sysfs::default();
+    let name = args.bdev.display().to_string();
+    let rdev = block_rdev(&args.bdev)?;
+    let dir = sysfs.backing_dir(&name, rdev).map_err(|_| {
+        anyhow::anyhow!(
+            "{name}: not a registered backing device: its cache mode is changed through the kernel, so it \
+             must be registered (bcache register, or bcache tab apply); editing an unregistered device's \
+             superblock is not supported yet"
+        )
+    })?;
+    let env = Env::default();
+    let in_tab = bcache::tab::transition::set_cache_mode(&env, &name, &dir, args.mode)?;
+    if in_tab {
+        eprintln!("bcache: {}: cache mode of {name} now {}", env.tab.display(), args.mode.name());
+    }
     Ok(Outcome::Ok)
 }

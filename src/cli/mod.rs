@@ -64,6 +64,7 @@ pub enum Command {
     /// cache device.
     Stop(kernel::DevArgs),
     Run(kernel::RunArgs),
+    SetCachemode(kernel::SetCachemodeArgs),
     Adopt(tab::AdoptArgs),
     Tab(tab::TabArgs),
     #[command(hide = true)]
@@ -115,8 +116,9 @@ pub fn main() -> u8 {
 }
 
 /// The commands of `bcache` (the hidden `generate` aside).
-const COMMANDS: [&str; 11] = [
-    "make", "super-show", "probe", "register", "unregister", "attach", "detach", "stop", "run", "adopt", "tab",
+const COMMANDS: [&str; 12] = [
+    "make", "super-show", "probe", "register", "unregister", "attach", "detach", "stop", "run", "set-cachemode",
+    "adopt", "tab",
 ];
 
 /// The whole multi-call tree: what help, version, man pages and anything
@@ -164,6 +166,7 @@ fn quick_parse(name: &str, args: &[OsString]) -> Option<Result<(Applet, ArgMatch
         ("bcache", Some(c @ "detach")) => one(c, rest, |a| sub(Command::Detach(a))),
         ("bcache", Some(c @ "stop")) => one(c, rest, |a| sub(Command::Stop(a))),
         ("bcache", Some(c @ "run")) => one(c, rest, |a| sub(Command::Run(a))),
+        ("bcache", Some(c @ "set-cachemode")) => one(c, rest, |a| sub(Command::SetCachemode(a))),
         ("bcache", Some(c @ "adopt")) => one(c, rest, |a| sub(Command::Adopt(a))),
         ("bcache", Some(c @ "tab")) => one(c, rest, |a| sub(Command::Tab(a))),
         _ => return None,
@@ -220,6 +223,7 @@ fn run(applet: Applet, leaf: &ArgMatches) -> anyhow::Result<Outcome> {
             Command::Detach(a) => kernel::detach(&a),
             Command::Stop(a) => kernel::stop(&a),
             Command::Run(a) => kernel::run(&a),
+            Command::SetCachemode(a) => kernel::set_cachemode(&a),
             Command::Adopt(a) => tab::adopt(&a),
             Command::Tab(a) => tab::tab(&a),
             Command::Generate(a) => man::generate(&a),

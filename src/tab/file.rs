@@ -625,6 +625,25 @@ pub fn set_cset(path: &Path, uuid: &Uuid, cset: Option<Uuid>) -> Result<bool, Ed
     })
 }
 
+/// The mode of the line of `uuid`, if one names it (false if none does).
+/// Refused, the file unchanged, where the line could not be read back: a
+/// timeout= with writeback, which never runs without its set.
+pub fn set_mode(path: &Path, uuid: &Uuid, mode: CacheMode) -> Result<bool, EditError> {
+    edit(path, |tab, lines| {
+        let Some(e) = tab.by_uuid(uuid) else { return Ok(false) };
+        if mode == CacheMode::Writeback && e.options.timeout.is_some() {
+            return Err(format!(
+                "line {}: has timeout=, which a writeback device cannot have (it never runs without its \
+                 cache set): remove timeout= first",
+                e.line
+            ));
+        }
+        let changed = Entry { options: Options { mode, ..e.options.clone() }, ..e.clone() };
+        lines[e.line - 1] = changed.to_string();
+        Ok(true)
+    })
+}
+
 type FieldError = (&'static str, String);
 
 /// The words of one line: up to six kept (five fields and the first

@@ -13,7 +13,7 @@
 //! | detach started | (nothing: the record keeps the set) | `detach` | bcachetab names no set |
 //! | detach done | | the kernel drops its slot | the set forgotten, only from the kernel's word: `bcache detach` waits for the end sysfs shows and records it ([`note`] with state none, no set), as do the kernel's events |
 //! | detach not seen to end (raw, a module whose detach end is durable) | | registered dirty on the set the record names ([`registration`]) | attached: detached again, the end recorded; refused for want of a slot (the detach ended): registered as new without a set, the end recorded |
-//! | mode change | (a line's mode; writeback kept recorded) | `cache_mode` | the mode reported ([`note`]) |
+//! | mode change (`bcache set-cachemode`) | bcachetab's mode, then the record's: writeback recorded before the kernel may write dirty, and kept while a set may hold dirty data ([`ahead_of_mode_change`]) | `cache_mode` | the mode reported ([`note`]) |
 //! | forced run, timeout run | the stale mark ([`mark_stale`]) | `running` | |
 //! | seen running without its set (run or registered by hand) | | | the stale mark, where the record says the set may hold a slot ([`seen_running_without_set`]) |
 //! | set returns | | the set attaches the waiting device | confirmed; a dirty registration refused for want of a slot settled afresh when nothing says the set held data for it |
@@ -203,6 +203,18 @@ pub fn ahead_of_registration(r: &mut Record, reg: &Registration) {
 pub fn ahead_of_attach(r: &mut Record, set: Uuid) {
     r.attached = Some(set);
     r.pending = true;
+}
+
+/// Before the kernel is told a new cache mode (`bcache set-cachemode`):
+/// the mode, except that writeback stays recorded while a set may hold
+/// dirty data for the device (a switch away from writeback leaves it to
+/// the kernel's writeback, which the record cannot see end). Writeback
+/// recorded before the kernel writes a byte dirty: a cut after leaves a
+/// record that makes the device wait for its set.
+pub fn ahead_of_mode_change(r: &mut Record, mode: CacheMode) {
+    if !(r.mode == Some(CacheMode::Writeback) && r.attached.is_some()) {
+        r.mode = Some(mode);
+    }
 }
 
 /// Before a device runs without its set (forced, or its timeout): its
@@ -475,5 +487,23 @@ mod tests {
         r.layout = Some(Layout::Header);
         assert_eq!(registration(&wb, Some(&r), false, RAW).unwrap().backing.size, None);
         assert_eq!(registration(&wb, None, false, RAW).unwrap().backing.size, None);
+    }
+
+    #[test]
+    fn a_mode_change_records_writeback_ahead_and_keeps_it_while_a_set_may_hold_dirty_data() {
+        let mut r = rec(Some(7), false, Layout::Raw);
+        r.mode = Some(CacheMode::Writethrough);
+        ahead_of_mode_change(&mut r, CacheMode::Writeback);
+        assert_eq!(r.mode, Some(CacheMode::Writeback));
+        ahead_of_mode_change(&mut r, CacheMode::Writethrough);
+        assert_eq!(r.mode, Some(CacheMode::Writeback), "the set may still hold dirty data");
+        // No set: nothing can be dirty anywhere.
+        let mut r = rec(None, false, Layout::Header);
+        r.mode = Some(CacheMode::Writeback);
+        ahead_of_mode_change(&mut r, CacheMode::Writearound);
+        assert_eq!(r.mode, Some(CacheMode::Writearound));
+        let mut r = Record::default();
+        ahead_of_mode_change(&mut r, CacheMode::None);
+        assert_eq!(r.mode, Some(CacheMode::None));
     }
 }

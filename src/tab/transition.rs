@@ -90,6 +90,45 @@ pub fn attach(env: &Env, name: &str, dir: &Path, set: Uuid) -> Result<bool, Appl
     Ok(true)
 }
 
+/// `bcache set-cachemode` of a registered backing device (sysfs directory
+/// `dir`). For a bcachetab device, its line's mode and then its record's
+/// ([`rules::ahead_of_mode_change`]) change before the kernel is told, so
+/// no boot after a cut registers a device that may have dirty data as
+/// anything but writeback; if either cannot be written the kernel is not
+/// told. True for a bcachetab device.
+pub fn set_cache_mode(env: &Env, name: &str, dir: &Path, mode: CacheMode) -> Result<bool, ApplyError> {
+    let uuid = env.sysfs.read(&dir.join("backing_dev_uuid")).ok().and_then(|u| u.parse::<Uuid>().ok());
+    let tab_device = match uuid {
+        Some(u) if is_tab_device(env, &u)? => Some(u),
+        _ => None,
+    };
+    let Some(uuid) = tab_device else {
+        env.sysfs.write(name, &dir.join("cache_mode"), mode.name())?;
+        return Ok(false);
+    };
+    let old_mode = Tab::load(&env.tab).map_err(|e| ApplyError::Io(env.tab.clone(), e))?.by_uuid(&uuid).map(|e| e.options.mode);
+    file::set_mode(&env.tab, &uuid, mode)?;
+    let put_back = |env: &Env| -> Result<(), ApplyError> {
+        if let Some(m) = old_mode {
+            file::set_mode(&env.tab, &uuid, m)?;
+        }
+        Ok(())
+    };
+    let before = State::load(&env.state)?.get(&uuid).cloned();
+    if let Err(e) = env.store().update(uuid, "the cache mode", |r| rules::ahead_of_mode_change(r, mode)) {
+        put_back(env)?;
+        return Err(e.into());
+    }
+    fault(dir, "cachemode:before-kernel")?;
+    if let Err(e) = env.sysfs.write(name, &dir.join("cache_mode"), mode.name()) {
+        put_back(env)?;
+        env.store().update(uuid, "the refused cache mode", |r| *r = before.unwrap_or_default())?;
+        return Err(e.into());
+    }
+    fault(dir, "cachemode:after-kernel")?;
+    Ok(true)
+}
+
 /// A line's tunables, written to its registered device (sysfs directory
 /// `dir`): after its registration, and after an attach, which turns
 /// writeback_running on whatever was written before
