@@ -547,9 +547,18 @@ mod tests {
         (blk.join("bcache"), node)
     }
 
-    fn gone_after(ms: u64, paths: Vec<PathBuf>) -> std::thread::JoinHandle<()> {
+    /// The kernel's part of a release: once `trigger` has been written,
+    /// `paths` go, a little later. (A fake that removed them on a timer
+    /// raced the write itself on a loaded machine: 1 run in 25.)
+    fn gone_after_write(trigger: PathBuf, paths: Vec<PathBuf>) -> std::thread::JoinHandle<()> {
         std::thread::spawn(move || {
-            std::thread::sleep(Duration::from_millis(ms));
+            let bound = Instant::now() + Duration::from_secs(10);
+            while fs::read_to_string(&trigger).unwrap_or_default() != "1\n" {
+                assert!(Instant::now() < bound, "{} never written", trigger.display());
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            // Still there for a moment after the write, as in the kernel.
+            std::thread::sleep(Duration::from_millis(20));
             for p in paths {
                 fs::remove_dir_all(p).unwrap();
             }
@@ -618,7 +627,7 @@ mod tests {
         assert_eq!(sysfs.set_members(&set_dir, false).len(), 1, "unregister leaves backing devices registered");
 
         // The set goes first; its backing device is still being torn down.
-        let kernel = gone_after(20, vec![set_dir.clone(), cache.clone()]);
+        let kernel = gone_after_write(set_dir.join("stop"), vec![set_dir.clone(), cache.clone()]);
         let err = sysfs
             .release_set_within("x", &set, SetAction::Stop, None, Duration::from_millis(200))
             .unwrap_err()
@@ -640,7 +649,7 @@ mod tests {
         let (cache, _) = fake_block(root, "vda");
         std::os::unix::fs::symlink(&cache, set_dir.join("cache0")).unwrap();
         let sysfs = Sysfs::with_root(root);
-        let kernel = gone_after(30, vec![set_dir.clone(), cache.clone()]);
+        let kernel = gone_after_write(set_dir.join("unregister"), vec![set_dir.clone(), cache.clone()]);
         sysfs.release_set_within("x", &set, SetAction::Unregister, None, Duration::from_secs(10)).unwrap();
         assert!(!set_dir.exists() && !cache.exists());
         kernel.join().unwrap();
