@@ -4,7 +4,8 @@
 //!
 //! Every cell runs the same three boots:
 //! 1. an existing ext4 with files is adopted with a writeback cache (or
-//!    writethrough with a timeout, for the timeout run); the transition
+//!    writethrough with a timeout, for the timeout run, or without, for
+//!    the mode change); the transition
 //!    runs with its fault; if the device is up after it, one more file is
 //!    written through it; then the power is cut.
 //! 2. the cache is gone (a blank disk in its place): `tab apply --all` and
@@ -22,7 +23,9 @@
 //! 61-bcachetab.rules does) while /var/lib/bcache is read-only; `cut`
 //! (the detach only) runs it with the recorder, writes a new file once it
 //! is done and cuts the power at once. For a transition the kernel makes
-//! alone (the first dirty write), the cuts fall before and after the write.
+//! alone (the first dirty write), the cuts fall before and after the write;
+//! for the writeback to clean, right after it is started and once the
+//! state reads clean.
 //!
 //! The detach's cells other than the cuts around the kernel raise the set's
 //! journal delay to 60 s first: a set that leaves the invalidation of the
@@ -62,6 +65,13 @@ enum Transition {
     Attach,
     /// The kernel's first dirty write (no tool step).
     FirstDirty,
+    /// The kernel writes the dirty data back until the device is clean
+    /// (`writeback_running` turned on; no tool step).
+    Clean,
+    /// `bcache set-cachemode` of an adopted writethrough device to
+    /// writeback, with writeback_running=0: what is written after stays
+    /// dirty in the set.
+    ModeChange,
     /// `bcache tab wait`: a writethrough device with timeout=1 runs
     /// without its set (in boot 2, where the set is missing).
     TimeoutRun,
@@ -149,6 +159,12 @@ record_events() {
 var_read_only() {
     mkdir -p /var/lib/bcache && mount --bind /var/lib/bcache /var/lib/bcache && mount -o remount,bind,ro /var/lib/bcache
 }
+start_writeback() {
+    echo 1 > "$(sysdir)/writeback_running"
+}
+clean() {
+    test "$(cat "$(sysdir)/state" 2>/dev/null)" = clean
+}
 wide_journal_delay() {
     for s in /sys/fs/bcache/*-*-*-*-*; do
         echo 60000 > $s/journal_delay_ms
@@ -190,6 +206,19 @@ fn boot1(t: Transition, f: Fault) -> String {
                 _ => "write_new b0".to_owned(),
             },
         ),
+        Transition::Clean => (
+            format!("check adopt {}\n        wait_for /dev/bcache0\n        check write_b0 write_new b0", adopt("--writeback")),
+            match f {
+                // The cut falls while the writeback is under way, or before
+                // it starts: the kernel's state at the cut says which.
+                Fault::CutBefore => "start_writeback".to_owned(),
+                _ => "start_writeback && wait_until 60 clean".to_owned(),
+            },
+        ),
+        Transition::ModeChange => (
+            format!("check adopt {}\n        wait_for /dev/bcache0\n        check write_b0 write_new b0", adopt("")),
+            format!("{}bcache set-cachemode $(backing) writeback", fault("cachemode")),
+        ),
         Transition::TimeoutRun => (
             format!("check adopt {}\n        wait_for /dev/bcache0\n        check write_b0 write_new b0", adopt("-o timeout=1")),
             "true".to_owned(),
@@ -216,7 +245,10 @@ fn boot1(t: Transition, f: Fault) -> String {
     // a crash too: the kernel may have acted), except where the cut falls
     // before the kernel's own step.
     let post = match (t, f) {
-        (Transition::FirstDirty, Fault::CutBefore) | (Transition::ForcedRun | Transition::SetReturns, _) => "",
+        (Transition::FirstDirty | Transition::Clean, Fault::CutBefore) | (Transition::ForcedRun | Transition::SetReturns, _) => "",
+        // Clean at the cut, nothing written after: what the writeback
+        // leaves, alone.
+        (Transition::Clean, Fault::CutAfter) => "",
         // A write after a detach the tool did not see to its end (it crashed
         // once the kernel was told): served over by the set's old dirty data
         // at the next attach on the stock kernel, whose journal may lose the
@@ -419,7 +451,7 @@ fn cell(t: Transition, f: Fault, layout: Layout) {
     let out1 = vm.run(&boot1(t, f));
     out1.assert_ok();
     let crash_in_boot1 =
-        matches!(f, Fault::CutBefore | Fault::CutAfter) && matches!(t, Transition::Adopt | Transition::Attach | Transition::Detach);
+        matches!(f, Fault::CutBefore | Fault::CutAfter) && matches!(t, Transition::Adopt | Transition::Attach | Transition::Detach | Transition::ModeChange);
     if crash_in_boot1 {
         let step = out1.expect_value("step");
         assert!(step.contains("fault injected: crash at"), "the fault was not injected: {step}");
@@ -438,6 +470,22 @@ fn cell(t: Transition, f: Fault, layout: Layout) {
     if f == Fault::VarReadOnly && t == Transition::Attach {
         let step = out1.expect_value("step");
         assert!(step.contains("nothing was changed") && !step.ends_with("status=0"), "{step}");
+    }
+    if f == Fault::VarReadOnly && t == Transition::ModeChange {
+        // Refused before the kernel: still writethrough, b1 on the disk.
+        let step = out1.expect_value("step");
+        assert!(step.contains("nothing was changed") && !step.ends_with("status=0"), "{step}");
+        let tab = out1.section("bcachetab");
+        assert!(!tab.contains("mode=writeback"), "bcachetab changed:\n{tab}");
+        assert_ne!(out1.value("kernel_state"), Some("dirty"), "the kernel was told");
+    }
+    if t == Transition::ModeChange && f != Fault::VarReadOnly {
+        let tab = out1.section("bcachetab");
+        assert!(tab.contains("mode=writeback"), "bcachetab's mode not changed first:\n{tab}");
+    }
+    // The cells that must prove a dirty set is waited for have one.
+    if matches!((t, f), (Transition::ModeChange, Fault::CutAfter | Fault::EventLost) | (Transition::Clean, Fault::EventLost | Fault::VarReadOnly)) {
+        assert_eq!(out1.value("kernel_state"), Some("dirty"), "nothing dirty at the cut");
     }
     if t == Transition::Detach && !matches!(f, Fault::CutBefore | Fault::CutAfter) {
         // bcache detach waited for the end: the device ran uncached when the
@@ -520,6 +568,11 @@ fn cell(t: Transition, f: Fault, layout: Layout) {
         out1.value("kernel_state"),
         out2.section("list")
     );
+    if t == Transition::Clean {
+        // Clean at the cut or not, the line is writeback: without its set
+        // it waits, as the record keeps writeback.
+        assert!(!ran, "a writeback device ran without its set after its writeback:\n{}", out2.section("list"));
+    }
     wrote.extend(words(out2.value("wrote")));
 
     let mut vm3 = guest(layout);
@@ -604,6 +657,22 @@ cells! {
     first_dirty_write_event_lost_header: FirstDirty EventLost Header;
     first_dirty_write_var_read_only_raw: FirstDirty VarReadOnly Raw;
     first_dirty_write_var_read_only_header: FirstDirty VarReadOnly Header;
+    clean_cut_before_raw: Clean CutBefore Raw;
+    clean_cut_before_header: Clean CutBefore Header;
+    clean_cut_after_raw: Clean CutAfter Raw;
+    clean_cut_after_header: Clean CutAfter Header;
+    clean_event_lost_raw: Clean EventLost Raw;
+    clean_event_lost_header: Clean EventLost Header;
+    clean_var_read_only_raw: Clean VarReadOnly Raw;
+    clean_var_read_only_header: Clean VarReadOnly Header;
+    mode_change_cut_before_kernel_raw: ModeChange CutBefore Raw;
+    mode_change_cut_before_kernel_header: ModeChange CutBefore Header;
+    mode_change_cut_after_kernel_raw: ModeChange CutAfter Raw;
+    mode_change_cut_after_kernel_header: ModeChange CutAfter Header;
+    mode_change_event_lost_raw: ModeChange EventLost Raw;
+    mode_change_event_lost_header: ModeChange EventLost Header;
+    mode_change_var_read_only_raw: ModeChange VarReadOnly Raw;
+    mode_change_var_read_only_header: ModeChange VarReadOnly Header;
     timeout_run_cut_before_kernel_raw: TimeoutRun CutBefore Raw;
     timeout_run_cut_before_kernel_header: TimeoutRun CutBefore Header;
     timeout_run_cut_after_kernel_raw: TimeoutRun CutAfter Raw;
