@@ -1153,4 +1153,21 @@ mod tests {
             assert_eq!(DeviceSpec::parse(spec).unwrap().matches(&ids), want, "{spec}");
         }
     }
+
+    #[test]
+    fn set_mode_refuses_writeback_for_a_line_with_a_timeout_and_leaves_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("bcachetab");
+        let text = format!("d /dev/vdb {U1} {U2} timeout=5\n");
+        std::fs::write(&path, &text).unwrap();
+        let u: Uuid = U1.parse().unwrap();
+        let err = set_mode(&path, &u, CacheMode::Writeback).unwrap_err().to_string();
+        assert!(err.contains("remove timeout= first"), "{err}");
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), text);
+        assert!(set_mode(&path, &u, CacheMode::Writearound).unwrap());
+        let tab = Tab::load(&path).unwrap();
+        assert_eq!(tab.by_uuid(&u).unwrap().options.mode, CacheMode::Writearound);
+        assert_eq!(tab.by_uuid(&u).unwrap().options.timeout, Some(5));
+        assert!(!set_mode(&path, &U2.parse().unwrap(), CacheMode::None).unwrap(), "no line, no change");
+    }
 }
