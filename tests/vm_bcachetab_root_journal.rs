@@ -680,7 +680,7 @@ fn root_uuid(tab: &str) -> String {
 /// The record of `uuid` in a state file's text (the last line naming it:
 /// a journal may hold several).
 fn record(state: &str, uuid: &str) -> String {
-    state.lines().filter(|l| l.starts_with(uuid)).next_back().unwrap_or("").to_owned()
+    state.lines().rfind(|l| l.starts_with(uuid)).unwrap_or("").to_owned()
 }
 
 /// `sha256sum` lines as (file, sum), sorted.
@@ -827,7 +827,7 @@ fn cache_back(s: &Stale, initrd: &Path) {
         let journal = journal_at_switch_root(&out3);
         eprintln!("  journal at switch_root: {}", journal.trim().replace('\n', " | "));
         // the last word on the mark: dropped by the attach
-        let last = journal.lines().filter(|l| l.starts_with(&s.uuid) && l.contains(" stale=")).next_back().unwrap_or("");
+        let last = journal.lines().rfind(|l| l.starts_with(&s.uuid) && l.contains(" stale=")).unwrap_or("");
         assert!(last.contains("stale=0"), "the initramfs's journal does not record the attach (stale mark dropped) of {}:\n{journal}", s.uuid);
         assert_reconciled(&out3);
         let rec = record(&out3.section("state"), &s.uuid);
