@@ -670,7 +670,6 @@ fn udev_match(args: &MatchArgs) -> anyhow::Result<Outcome> {
         if let Some(t) = e.options.timeout {
             writeln!(out, "BCACHETAB_TIMEOUT={t}")?;
         }
-        writeln!(out, "BCACHETAB_MODE={}", e.options.mode.name())?;
     }
     Ok(Outcome::Ok)
 }
