@@ -114,7 +114,7 @@ pub fn set_cache_mode(env: &Env, name: &str, dir: &Path, mode: CacheMode) -> Res
         }
         Ok(())
     };
-    let before = State::load(&env.state)?.get(&uuid).cloned();
+    let before = State::load(&env.state)?.get(&uuid).and_then(|r| r.mode);
     if let Err(e) = env.store().update(uuid, "the cache mode", |r| rules::ahead_of_mode_change(r, mode)) {
         put_back(env)?;
         return Err(e.into());
@@ -122,7 +122,9 @@ pub fn set_cache_mode(env: &Env, name: &str, dir: &Path, mode: CacheMode) -> Res
     fault(dir, "cachemode:before-kernel")?;
     if let Err(e) = env.sysfs.write(name, &dir.join("cache_mode"), mode.name()) {
         put_back(env)?;
-        env.store().update(uuid, "the refused cache mode", |r| *r = before.unwrap_or_default())?;
+        // The mode only: what was recorded meanwhile (an attach, a stale
+        // mark from the journal) stays.
+        env.store().update(uuid, "the refused cache mode", |r| r.mode = before)?;
         return Err(e.into());
     }
     fault(dir, "cachemode:after-kernel")?;
