@@ -66,13 +66,13 @@ pub fn reconcile(env: &Env, tab: &Tab) -> Result<bool, ApplyError> {
 /// it (a register by hand with state none, a run): the set may give it old
 /// data at the next attach unless its slot is dropped.
 fn mark_without_set(env: &Env, entry: &Entry, dir: &Path) -> Result<(), ApplyError> {
-    if running_without_set(entry, dir).is_some() {
+    if running_without_set(&env.sysfs, entry, dir).is_some() {
         env.store().record_fact(entry.uuid, "the stale mark of a device running without its set", |r| {
             // Looked at again under the state file's lock: a set that
             // attached the device since, and whose attach (and a dirty
             // write after) was recorded meanwhile, must not be marked
             // over, or the next registration drops that dirty data.
-            if let Some((_, shown)) = running_without_set(entry, dir) {
+            if let Some((_, shown)) = running_without_set(&env.sysfs, entry, dir) {
                 seen_running_without_set(r, shown)
             }
         })?;

@@ -8,7 +8,7 @@ use uuid::Uuid;
 use crate::device::{Access, Device};
 use crate::layout::header;
 use crate::superblock::{BdevState, CacheMode};
-use crate::sysfs::Registered;
+use crate::sysfs::{Registered, Sysfs};
 use crate::tab::env::Env;
 use crate::tab::file::Entry;
 use crate::tab::identity::Resolver;
@@ -119,11 +119,16 @@ pub fn attached_set(dir: &Path) -> Option<Uuid> {
 /// The set a running device's line names and the state the kernel shows
 /// for it, when it runs without that set: no `cache` link, and its
 /// superblock as the kernel holds it says no set (none) or run without
-/// one (stale). The kernel's attach writes clean or dirty before it runs
-/// the device and links the set, and a set's stop unlinks it before its
-/// directory goes, both clean or dirty: neither window counts. A device
-/// attached to another set is not this (its registration is refused).
-pub(crate) fn running_without_set(entry: &Entry, dir: &Path) -> Option<(Uuid, BdevState)> {
+/// one (stale), or clean while the set is not registered at all: a set
+/// that failed with I/O errors detaches a clean device and keeps it
+/// running (stop_when_cache_set_failed=auto), its slot's invalidation
+/// never reaching the failed cache, which may hold the device's old
+/// blocks when it comes back. The kernel's attach writes clean or dirty
+/// before it links the set (which is registered then), and a set's stop
+/// unlinks it before its directory goes (the device's own goes first):
+/// neither window counts. A device attached to another set is not this
+/// (its registration is refused).
+pub(crate) fn running_without_set(sysfs: &Sysfs, entry: &Entry, dir: &Path) -> Option<(Uuid, BdevState)> {
     let set = entry.cset?;
     let read = |attr: &str| fs::read_to_string(dir.join(attr)).map(|s| s.trim().to_owned()).ok();
     if read("running").as_deref() != Some("1") || fs::symlink_metadata(dir.join("cache")).is_ok() {
@@ -133,6 +138,7 @@ pub(crate) fn running_without_set(entry: &Entry, dir: &Path) -> Option<(Uuid, Bd
     let shown = match read("state")?.as_str() {
         "no cache" => BdevState::None,
         "inconsistent" => BdevState::Stale,
+        "clean" if sysfs.set_dir(&set).is_err() => BdevState::Clean,
         _ => return None,
     };
     Some((set, shown))
@@ -171,7 +177,7 @@ fn registered_status(env: &Env, entry: &Entry, device: String, dir: &Path) -> St
         .and_then(|l| Some(format!("/dev/{}", l.file_name()?.to_str()?)));
     match (read("running").as_deref(), bcache) {
         (Some("1"), Some(bcache)) => {
-            let without_set = running_without_set(entry, dir).map(|(set, shown)| {
+            let without_set = running_without_set(&env.sysfs, entry, dir).map(|(set, shown)| {
                 // A state file that cannot be read proves nothing.
                 let mark = match State::load(&env.state).map(|s| s.get(&entry.uuid).cloned().unwrap_or_default()) {
                     Ok(r) if r.stale => Mark::Stale,
@@ -201,7 +207,10 @@ mod tests {
     /// A registered backing device's sysfs directory, running as bcache0,
     /// its line naming SET, its record attached to SET.
     fn fixture(root: &Path) -> (Env, Entry, PathBuf) {
-        let env = Env { state: root.join("state"), journal: root.join("journal"), ..Env::default() };
+        let env = Env { state: root.join("state"), journal: root.join("journal"), sysfs: Sysfs::with_root(root), ..Env::default() };
+        // The module, and SET registered.
+        fs::create_dir_all(root.join("sys/fs/bcache").join(SET.to_string())).unwrap();
+        fs::write(root.join("sys/fs/bcache/register"), "").unwrap();
         let entry = Entry {
             line: 1,
             name: None,
@@ -238,16 +247,27 @@ mod tests {
         fs::remove_file(dir.join("cache")).unwrap();
         for s in ["clean", "dirty"] {
             state(s);
-            assert_eq!(running_without_set(&entry, &dir), None, "{s}");
+            assert_eq!(running_without_set(&env.sysfs, &entry, &dir), None, "{s}");
         }
+        // Clean without the link and without the set: a set that failed
+        // with I/O errors kept its clean device running, detached.
+        let set_dir = tmp.path().join("sys/fs/bcache").join(SET.to_string());
+        fs::remove_dir(&set_dir).unwrap();
+        state("clean");
+        assert_eq!(running_without_set(&env.sysfs, &entry, &dir), Some((SET, BdevState::Clean)));
+        assert!(rules::needs_stale_mark(&Record { attached: Some(SET), ..Record::default() }, BdevState::Clean));
+        // A failed set stops a dirty device: dirty and running is an attach.
+        state("dirty");
+        assert_eq!(running_without_set(&env.sysfs, &entry, &dir), None);
+        fs::create_dir(&set_dir).unwrap();
         // Registered by hand with state none, or run without it (stale).
         state("no cache");
-        assert_eq!(running_without_set(&entry, &dir), Some((SET, BdevState::None)));
+        assert_eq!(running_without_set(&env.sysfs, &entry, &dir), Some((SET, BdevState::None)));
         let shown = up(&env, &entry, &dir);
         assert!(matches!(&shown, Status::Up { without_set: Some(WithoutSet { mark: Mark::Unmarked, .. }), .. }), "{shown:?}");
         assert!(shown.to_string().starts_with("up: /dev/bcache0, running without cache set"), "{shown}");
         state("inconsistent");
-        assert_eq!(running_without_set(&entry, &dir), Some((SET, BdevState::Stale)));
+        assert_eq!(running_without_set(&env.sysfs, &entry, &dir), Some((SET, BdevState::Stale)));
         env.store().update(entry.uuid, "a test", |r| seen_running(r, BdevState::Stale)).unwrap();
         let shown = up(&env, &entry, &dir).to_string();
         assert_eq!(
@@ -259,12 +279,12 @@ mod tests {
         assert_eq!(json["without_set"], serde_json::json!({ "set": SET.to_string(), "mark": "stale" }));
         // Waiting (not running) is not running without the set.
         fs::write(dir.join("running"), "0\n").unwrap();
-        assert_eq!(running_without_set(&entry, &dir), None);
+        assert_eq!(running_without_set(&env.sysfs, &entry, &dir), None);
         assert!(matches!(up(&env, &entry, &dir), Status::Waiting { .. }));
         fs::write(dir.join("running"), "1\n").unwrap();
         // A line naming no set: never.
         let no_set = Entry { cset: None, ..entry.clone() };
-        assert_eq!(running_without_set(&no_set, &dir), None);
+        assert_eq!(running_without_set(&env.sysfs, &no_set, &dir), None);
         assert_eq!(up(&env, &no_set, &dir).to_string(), "up: /dev/bcache0");
         assert!(serde_json::to_value(up(&env, &no_set, &dir)).unwrap().get("without_set").is_none());
     }
