@@ -49,6 +49,16 @@ pub fn is_tab_device(env: &Env, uuid: &Uuid) -> Result<bool, ApplyError> {
     Ok(in_tab || State::load(&env.state)?.get(uuid).is_some())
 }
 
+/// The uuid of a registered backing device (sysfs directory `dir`) when
+/// it is a bcachetab device ([`is_tab_device`]).
+fn tab_device(env: &Env, dir: &Path) -> Result<Option<Uuid>, ApplyError> {
+    let uuid = env.sysfs.read(&dir.join("backing_dev_uuid")).ok().and_then(|u| u.parse::<Uuid>().ok());
+    Ok(match uuid {
+        Some(u) if is_tab_device(env, &u)? => Some(u),
+        _ => None,
+    })
+}
+
 /// `bcache attach` of a registered backing device (its sysfs directory
 /// `dir`) to a registered set. For a bcachetab device, its line and its
 /// record name the set (pending) before the kernel is told, and go back
@@ -56,11 +66,7 @@ pub fn is_tab_device(env: &Env, uuid: &Uuid) -> Result<bool, ApplyError> {
 /// waiting for the set at the next boot: never registered as new to a set
 /// that may hold its data.
 pub fn attach(env: &Env, name: &str, dir: &Path, set: Uuid) -> Result<bool, ApplyError> {
-    let uuid = env.sysfs.read(&dir.join("backing_dev_uuid")).ok().and_then(|u| u.parse::<Uuid>().ok());
-    let tab_device = match uuid {
-        Some(u) if is_tab_device(env, &u)? => Some(u),
-        _ => None,
-    };
+    let tab_device = tab_device(env, dir)?;
     let Some(uuid) = tab_device else {
         env.sysfs.write(name, &dir.join("attach"), &set.hyphenated().to_string())?;
         return Ok(false);
@@ -97,11 +103,7 @@ pub fn attach(env: &Env, name: &str, dir: &Path, set: Uuid) -> Result<bool, Appl
 /// anything but writeback; if either cannot be written the kernel is not
 /// told. True for a bcachetab device.
 pub fn set_cache_mode(env: &Env, name: &str, dir: &Path, mode: CacheMode) -> Result<bool, ApplyError> {
-    let uuid = env.sysfs.read(&dir.join("backing_dev_uuid")).ok().and_then(|u| u.parse::<Uuid>().ok());
-    let tab_device = match uuid {
-        Some(u) if is_tab_device(env, &u)? => Some(u),
-        _ => None,
-    };
+    let tab_device = tab_device(env, dir)?;
     let Some(uuid) = tab_device else {
         env.sysfs.write(name, &dir.join("cache_mode"), mode.name())?;
         return Ok(false);
@@ -176,11 +178,7 @@ pub fn mark_stale(env: &Env, uuid: &Uuid) -> Result<(), ApplyError> {
 /// write to the device, a power cut and the set's return cannot give the
 /// set's old data back to it, whatever the set's journal lost.
 pub fn detach(env: &Env, name: &str, dir: &Path, wait: Option<DetachWait>) -> Result<Detached, ApplyError> {
-    let uuid = env.sysfs.read(&dir.join("backing_dev_uuid")).ok().and_then(|u| u.parse::<Uuid>().ok());
-    let tab_device = match uuid {
-        Some(u) if is_tab_device(env, &u)? => Some(u),
-        _ => None,
-    };
+    let tab_device = tab_device(env, dir)?;
     fault(dir, "detach:before-kernel")?;
     // The kernel writes back dirty data before it lets go; the attribute
     // returns at once.
